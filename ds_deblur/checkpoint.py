@@ -1,0 +1,320 @@
+"""Sharded checkpoints through the DeepSpeed engine, made crash-safe.
+
+A tag ``CKPT_DIR/TAG`` is what ``engine.save_checkpoint`` writes on every rank, plus one RNG file per rank and
+``COMMIT.json``, written by rank 0 only after every rank finished and its files were flushed to disk. Only a tag
+with a valid commit marker (every listed file present with its recorded size) counts. ``latest`` is rewritten
+after the marker, through a temporary file, fsync and rename, so it never names a tag that is not complete. A
+tag being re-saved (``best``) is written under a temporary name and swapped in only once complete.
+
+DeepSpeed tag files hold pickled Python objects and are read with full unpickling: load tags only from your own
+run directories. Single-file checkpoints (``last.pth``) are read with ``weights_only=True`` (ds_deblur.convert).
+"""
+from __future__ import annotations
+
+import json
+import os
+import random
+import re
+import shutil
+import warnings
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Optional
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from ds_deblur import distributed
+
+COMMIT = "COMMIT.json"
+LATEST = "latest"
+BEST = "best"
+STEP_TAG = re.compile(r"^step_(\d+)$")
+FORMAT_VERSION = 1
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint is missing, incomplete, unreadable or does not fit this run."""
+
+
+@dataclass
+class TrainState:
+    """Counters that make a run continue exactly where it stopped (saved in ``client_state['ds_deblur']``)."""
+    step: int = 0
+    epoch: int = 0
+    best_psnr: float = float("-inf")
+    best_step: int = 0
+
+
+def step_tag(step: int) -> str:
+    return f"step_{step:06d}"
+
+
+# --- saving ---------------------------------------------------------------------------------------------------
+
+def save(engine: Any, ckpt_dir: Path, tag: str, client_state: dict) -> None:
+    """Save ``tag`` on every rank (all ranks must call) and commit it; ``latest`` then names it."""
+    ckpt_dir = Path(ckpt_dir)
+    staging = f"{tag}.partial" if (ckpt_dir / tag).exists() else tag
+    if distributed.is_main() and (ckpt_dir / staging).exists():
+        shutil.rmtree(ckpt_dir / staging)  # a leftover of an interrupted save: never complete
+    distributed.barrier()
+    engine.save_checkpoint(str(ckpt_dir), tag=staging, client_state={"ds_deblur": client_state}, save_latest=False)
+    _save_rng(ckpt_dir / staging, dist.get_rank() if dist.is_initialized() else 0)
+    distributed.barrier()
+    if distributed.is_main():
+        _commit(ckpt_dir / staging, tag, client_state)
+        if staging != tag:
+            _swap_in(ckpt_dir, staging, tag)
+        write_latest(ckpt_dir, tag)
+    distributed.barrier()
+
+
+def _commit(tag_dir: Path, tag: str, client_state: dict) -> None:
+    files = {}
+    for path in sorted(p for p in tag_dir.rglob("*") if p.is_file()):
+        _fsync_file(path)
+        files[str(path.relative_to(tag_dir))] = path.stat().st_size
+    marker = {"tag": tag, "step": client_state["step"], "world_size": client_state["world_size"], "files": files}
+    atomic_write_text(tag_dir / COMMIT, json.dumps(marker, indent=1))
+
+
+def _swap_in(ckpt_dir: Path, staging: str, tag: str) -> None:
+    # Until the final rename the old complete tag stays in place (or as TAG.old, still complete and loadable).
+    old = ckpt_dir / f"{tag}.old"
+    if old.exists():
+        shutil.rmtree(old)
+    os.replace(ckpt_dir / tag, old)
+    os.replace(ckpt_dir / staging, ckpt_dir / tag)
+    _fsync_dir(ckpt_dir)
+    shutil.rmtree(old)
+
+
+def write_latest(ckpt_dir: Path, tag: str) -> None:
+    atomic_write_text(Path(ckpt_dir) / LATEST, tag)
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    with open(tmp, "w") as handle:
+        handle.write(text)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(tmp, path)
+    _fsync_dir(path.parent)
+
+
+def _fsync_file(path: Path) -> None:
+    with open(path, "rb") as handle:
+        os.fsync(handle.fileno())
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def retain(ckpt_dir: Path, keep_last: int) -> list[str]:
+    """Remove step tags beyond the newest ``keep_last`` complete ones (rank 0 only, after a commit).
+
+    Never removes the newest complete tag, ``best`` or anything not named ``step_N``; incomplete step tags older
+    than the newest complete one are leftovers of crashed saves and go too. Returns the removed tags."""
+    ckpt_dir = Path(ckpt_dir)
+    steps = sorted((int(m.group(1)), p) for p in ckpt_dir.iterdir() if (m := STEP_TAG.match(p.name)) and p.is_dir())
+    complete = [(s, p) for s, p in steps if tag_problem(p) is None]
+    if not complete:
+        return []
+    keep = {p for _, p in complete[-keep_last:]}
+    newest = complete[-1][0]
+    doomed = [p for s, p in steps if p not in keep and s < newest]
+    for path in doomed:
+        shutil.rmtree(path, ignore_errors=True)
+    return [p.name for p in doomed]
+
+
+# --- finding and validating tags ------------------------------------------------------------------------------
+
+def tag_problem(tag_dir: Path) -> Optional[str]:
+    """None when the tag is complete; otherwise why it is not."""
+    marker = tag_dir / COMMIT
+    if not tag_dir.is_dir():
+        return "does not exist"
+    if not marker.is_file():
+        return f"no {COMMIT} (the save never finished)"
+    try:
+        files = json.loads(marker.read_text())["files"]
+    except (ValueError, KeyError, TypeError):
+        return f"{COMMIT} is corrupt"
+    for name, size in files.items():
+        path = tag_dir / name
+        if not path.is_file():
+            return f"{name} is missing"
+        if path.stat().st_size != size:
+            return f"{name} has {path.stat().st_size} bytes, {size} expected (truncated?)"
+    return None
+
+
+def complete_tags(ckpt_dir: Path) -> list[str]:
+    """Complete tags, oldest step first."""
+    tags = []
+    for path in Path(ckpt_dir).iterdir():
+        if path.is_dir() and tag_problem(path) is None:
+            step = json.loads((path / COMMIT).read_text())["step"]
+            tags.append((step, path.name != BEST, path.name))
+    return [name for *_, name in sorted(tags)]
+
+
+def newest_complete(ckpt_dir: Path) -> Optional[str]:
+    """The newest complete tag (``latest`` if it is complete), warning about every newer tag skipped."""
+    ckpt_dir = Path(ckpt_dir)
+    if not ckpt_dir.is_dir():
+        return None
+    for path in sorted(ckpt_dir.iterdir(), key=lambda p: p.name):
+        if path.is_dir() and STEP_TAG.match(path.name) and (problem := tag_problem(path)):
+            warnings.warn(f"skipping incomplete checkpoint {path}: {problem}", stacklevel=2)
+    tags = complete_tags(ckpt_dir)
+    return tags[-1] if tags else None
+
+
+def resolve_resume(resume: str, save_dir: Path) -> Optional[tuple[Path, str]]:
+    """``--resume`` -> (ckpt_dir, tag), or None for a fresh start (``auto`` with nothing saved).
+
+    ``auto``: newest complete tag under SAVE_DIR/ckpts; a directory with ``latest``: its tag; a tag directory:
+    that tag. A missing path or an incomplete tag is an error naming it, never a silent fresh start."""
+    if resume == "auto":
+        ckpt_dir = Path(save_dir) / "ckpts"
+        tag = newest_complete(ckpt_dir)
+        return (ckpt_dir, tag) if tag else None
+    path = Path(resume)
+    if not path.exists():
+        raise CheckpointError(f"Checkpoint not found: {path}")
+    if (path / LATEST).is_file():
+        tag = (path / LATEST).read_text().strip()
+        return _checked(path, tag)
+    if (path / COMMIT).is_file() or (path.is_dir() and any(path.glob("*model_states.pt"))):
+        return _checked(path.parent, path.name)
+    raise CheckpointError(f"{path} is neither a checkpoint directory (with a '{LATEST}' file) nor a tag "
+                          f"(with {COMMIT}); pass SAVE_DIR/ckpts, SAVE_DIR/ckpts/step_NNNNNN or 'auto'")
+
+
+def _checked(ckpt_dir: Path, tag: str) -> tuple[Path, str]:
+    problem = tag_problem(ckpt_dir / tag)
+    if problem:
+        raise CheckpointError(f"Checkpoint {ckpt_dir / tag} is incomplete or damaged: {problem}. "
+                              f"Use --resume auto to fall back to the newest complete tag")
+    return ckpt_dir, tag
+
+
+# --- loading --------------------------------------------------------------------------------------------------
+
+def load(engine: Any, ckpt_dir: Path, tag: str, load_optimizer: bool = True) -> dict:
+    """Load a tag into the engine (model, and unless told otherwise optimizer, LR schedule and loss scaler)
+    and this rank's RNG; returns our saved state (``client_state['ds_deblur']``)."""
+    path, client = engine.load_checkpoint(str(ckpt_dir), tag=tag, load_optimizer_states=load_optimizer,
+                                          load_lr_scheduler_states=load_optimizer, load_module_strict=True)
+    if path is None or client is None or "ds_deblur" not in client:
+        raise CheckpointError(f"{Path(ckpt_dir) / tag} holds no ds_deblur state: not a checkpoint of this trainer")
+    state = client["ds_deblur"]
+    if state.get("format") != FORMAT_VERSION:
+        raise CheckpointError(f"{Path(ckpt_dir) / tag} has checkpoint format {state.get('format')}, "
+                              f"this ds_deblur reads format {FORMAT_VERSION}")
+    rank = dist.get_rank() if dist.is_initialized() else 0
+    rng_file = Path(ckpt_dir) / tag / f"rng_rank{rank}.pt"
+    if load_optimizer and state["world_size"] == (dist.get_world_size() if dist.is_initialized() else 1):
+        _load_rng(rng_file)
+    return state
+
+
+def _save_rng(tag_dir: Path, rank: int) -> None:
+    np_state = np.random.get_state()
+    py_version, py_internal, py_gauss = random.getstate()
+    rng = {
+        "python": torch.tensor(py_internal, dtype=torch.int64), "python_version": py_version,
+        "python_gauss": py_gauss,
+        "numpy": torch.from_numpy(np_state[1].astype(np.int64)), "numpy_pos": int(np_state[2]),
+        "numpy_has_gauss": int(np_state[3]), "numpy_gauss": float(np_state[4]),
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state() if torch.cuda.is_available() else None,
+    }
+    torch.save(rng, tag_dir / f"rng_rank{rank}.pt")
+
+
+def _load_rng(path: Path) -> None:
+    if not path.is_file():
+        raise CheckpointError(f"{path} is missing: the tag was saved without this rank's RNG state")
+    rng = torch.load(path, weights_only=True)
+    random.setstate((rng["python_version"], tuple(rng["python"].tolist()), rng["python_gauss"]))
+    np.random.set_state(("MT19937", rng["numpy"].numpy().astype(np.uint32), rng["numpy_pos"],
+                         rng["numpy_has_gauss"], rng["numpy_gauss"]))
+    torch.set_rng_state(rng["torch"])
+    if rng["cuda"] is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state(rng["cuda"])
+
+
+def client_state(state: TrainState, data_state: dict, config: dict, engine: Any, precision: str) -> dict:
+    """What goes into ``client_state['ds_deblur']`` (everything exact resume and the converter need)."""
+    import deepspeed
+    return {
+        "format": FORMAT_VERSION, **asdict(state), "data": data_state, "config": config,
+        "world_size": dist.get_world_size() if dist.is_initialized() else 1,
+        "zero_stage": engine.zero_optimization_stage(), "precision": precision,
+        "versions": {"torch": torch.__version__, "deepspeed": deepspeed.__version__, "ds_deblur": _version()},
+    }
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+    try:
+        return version("ds_deblur")
+    except PackageNotFoundError:
+        return "dev"
+
+
+# Keys that shape the model or its inputs: a resumed run must keep them (the weights would not fit otherwise).
+FIXED_KEYS = ("MODEL.PRESET", "MODEL.USE_SPIKE", "MODEL.CHANNELS_PER_SCALE", "MODEL.VRT.EMBED_DIMS", "MODEL.VRT.DEPTHS",
+              "MODEL.VRT.NUM_HEADS", "MODEL.VRT.WINDOW_SIZE", "MODEL.VRT.PA_FRAMES", "MODEL.VRT.DEFORMABLE_GROUPS",
+              "MODEL.VRT.INDEP_RECONSTS", "MODEL.VRT.MLP_RATIO", "MODEL.SPIKE_TSA.HEADS",
+              "MODEL.SPIKE_TSA.MLP_RATIO", "MODEL.FUSE.HEADS", "MODEL.FUSE.MLP_RATIO", "DATA.CLIP_LEN", "DATA.K",
+              "DATA.SPIKE_SIZE")
+# What a change of these means for the resumed run.
+CHANGE_NOTES = {
+    "TRAIN.BATCH_SIZE": "the remaining samples of the epoch are grouped into different batches",
+    "TRAIN.GRADIENT_ACCUMULATION_STEPS": "each optimizer step now sees a different number of samples",
+    "TRAIN.LR": "the restored schedule keeps its own LR (it scales the saved base LR); use --reset-optimizer "
+                "to start a schedule at the new LR",
+    "TRAIN.TOTAL_STEPS": "the cosine decay keeps its saved length; use --reset-optimizer for a new one",
+    "SEED": "the data order of later epochs changes",
+    "DATA.CROP_SIZE": "augmentation changes from here on",
+}
+
+
+def _flatten(data: dict, prefix: str = "") -> dict:
+    flat = {}
+    for key, value in data.items():
+        if isinstance(value, dict):
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def check_config_change(old: dict, new: dict, old_world: int, new_world: int, warn: Any = print) -> None:
+    """Raise on a changed model/data-shape key (listing old and new values); warn about other changes."""
+    before, after = _flatten(old), _flatten(new)
+    fatal = [f"{k}: {before.get(k)!r} -> {after.get(k)!r}" for k in FIXED_KEYS if before.get(k) != after.get(k)]
+    if fatal:
+        raise CheckpointError("the checkpoint was trained with a different model or data shape:\n  "
+                              + "\n  ".join(fatal) + "\nrestore these values (or start a new run with "
+                              "--init-weights if the weights still fit)")
+    changed = [k for k in sorted(set(before) | set(after)) if before.get(k) != after.get(k)]
+    for key in changed:
+        note = CHANGE_NOTES.get(key, "takes effect from the resumed step")
+        warn(f"[train] config changed since the checkpoint: {key}: {before.get(key)!r} -> {after.get(key)!r} "
+             f"({note})")
+    if old_world != new_world:
+        warn(f"[train] world size changed {old_world} -> {new_world}: the data order continues unchanged, "
+             f"split over {new_world} ranks")

@@ -1,0 +1,77 @@
+"""Process-group set-up and the few collectives the trainer needs (gloo on CPU, NCCL on GPU).
+
+Works under the ``deepspeed`` launcher, ``torchrun`` and a plain single ``python`` process alike."""
+from __future__ import annotations
+
+import os
+from datetime import timedelta
+
+import torch
+import torch.distributed as dist
+
+
+def init() -> tuple[int, int]:
+    """Join (or, for a lone ``python`` process, create) the process group; returns (rank, world size)."""
+    os.environ.setdefault("RANK", "0")
+    os.environ.setdefault("LOCAL_RANK", "0")
+    os.environ.setdefault("WORLD_SIZE", "1")
+    os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
+    os.environ.setdefault("MASTER_PORT", str(_free_port()))
+    import deepspeed
+    backend = "nccl" if torch.cuda.is_available() else "gloo"
+    if torch.cuda.is_available():
+        torch.cuda.set_device(local_rank())
+    deepspeed.init_distributed(dist_backend=backend, timeout=timedelta(minutes=30))
+    return dist.get_rank(), dist.get_world_size()
+
+
+def local_rank() -> int:
+    return int(os.environ.get("LOCAL_RANK", "0"))
+
+
+def device() -> torch.device:
+    return torch.device("cuda", local_rank()) if torch.cuda.is_available() else torch.device("cpu")
+
+
+def is_main() -> bool:
+    return not dist.is_initialized() or dist.get_rank() == 0
+
+
+def any_rank(flag: bool) -> bool:
+    """True on every rank when ``flag`` is true on at least one (all ranks must call it)."""
+    if not dist.is_initialized():
+        return flag
+    tensor = torch.tensor([1.0 if flag else 0.0], device=_collective_device())
+    dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
+    return bool(tensor.item() > 0)
+
+
+def mean_over_ranks(value: float) -> float:
+    """The mean of a float over ranks, computed in float64 so every rank gets the identical number."""
+    if not dist.is_initialized():
+        return value
+    tensor = torch.tensor([value], dtype=torch.float64, device=_collective_device())
+    dist.all_reduce(tensor)
+    return float(tensor.item() / dist.get_world_size())
+
+
+def barrier() -> None:
+    if dist.is_initialized():
+        dist.barrier()
+
+
+def close() -> None:
+    """Destroy the process group so no rank is left hanging at exit."""
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def _collective_device() -> torch.device:
+    return device() if dist.get_backend() == "nccl" else torch.device("cpu")
+
+
+def _free_port() -> int:
+    import socket
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]

@@ -1,0 +1,102 @@
+"""What a run leaves to read: TensorBoard scalars/images, ``metrics/train_log.jsonl``, ``metrics/val_step_N.json``,
+``visuals/step_N.png`` and a tqdm bar. Rank 0 writes; other ranks hold a logger that does nothing."""
+from __future__ import annotations
+
+import json
+import resource
+from pathlib import Path
+from typing import Any, Optional
+
+import numpy as np
+import torch
+from PIL import Image
+
+TRAIN_LOG = "metrics/train_log.jsonl"
+
+
+class RunLogger:
+    def __init__(self, save_dir: Path, enabled: bool, total_steps: int, start_step: int) -> None:
+        self.save_dir, self.enabled = Path(save_dir), enabled
+        self.writer = None
+        self.bar = None
+        if not enabled:
+            return
+        from torch.utils.tensorboard import SummaryWriter
+        from tqdm import tqdm
+        for sub in ("metrics", "visuals", "tb"):
+            (self.save_dir / sub).mkdir(parents=True, exist_ok=True)
+        for log in (self.save_dir / "metrics").glob("*.jsonl"):
+            truncate_jsonl(log, start_step)
+        self.writer = SummaryWriter(str(self.save_dir / "tb"), purge_step=start_step + 1 if start_step else None)
+        self.bar = tqdm(total=total_steps, initial=start_step, desc="train", unit="step", dynamic_ncols=True)
+
+    def train_step(self, record: dict, scalars: dict) -> None:
+        """One optimizer step: a line in train_log.jsonl, the bar; TensorBoard ``scalars`` when given."""
+        if not self.enabled:
+            return
+        with open(self.save_dir / TRAIN_LOG, "a") as handle:
+            handle.write(json.dumps(record) + "\n")
+        self.bar.update(1)
+        self.bar.set_postfix(loss=f"{record['loss']:.4f}", lr=f"{record['lr']:.2e}", refresh=False)
+        for tag, value in scalars.items():
+            self.writer.add_scalar(tag, value, record["step"])
+
+    def validation(self, step: int, metrics: dict, visual: Optional[np.ndarray], rank: int) -> None:
+        # Every rank records what it computed (metrics/val_rank{r}.jsonl): the ranks must agree, and this shows it.
+        (self.save_dir / "metrics").mkdir(parents=True, exist_ok=True)
+        with open(self.save_dir / "metrics" / f"val_rank{rank}.jsonl", "a") as handle:
+            handle.write(json.dumps({"step": step, **metrics}) + "\n")
+        if not self.enabled:
+            return
+        path = self.save_dir / "metrics" / f"val_step_{step:06d}.json"
+        path.write_text(json.dumps({"step": step, **metrics}, indent=1))
+        for key, value in metrics.items():
+            self.writer.add_scalar(f"val/{key}", value, step)
+        if visual is not None:
+            Image.fromarray(visual).save(self.save_dir / "visuals" / f"step_{step:06d}.png")
+            self.writer.add_image("val/visual", visual, step, dataformats="HWC")
+        self.writer.flush()
+        self.bar.write(f"[val] step {step}: PSNR {metrics['psnr_rgb']:.3f} dB (Y {metrics['psnr_y']:.3f}), "
+                       f"SSIM-Y {metrics['ssim_y']:.4f}, best {metrics['best_psnr']:.3f}")
+
+    def hparams(self, hparams: dict, final: dict) -> None:
+        if not self.enabled:
+            return
+        from torch.utils.tensorboard.summary import hparams as make_hparams
+        for event in make_hparams(hparams, final):
+            self.writer.file_writer.add_summary(event)
+
+    def message(self, text: str) -> None:
+        if self.enabled:
+            (self.bar.write if self.bar is not None else print)(text)
+
+    def close(self) -> None:
+        if self.enabled:
+            self.bar.close()
+            self.writer.close()
+
+
+def truncate_jsonl(path: Path, step: int) -> None:
+    """Keep one timeline on resume: drop lines past the step the run resumes from."""
+    lines = [line for line in path.read_text().splitlines() if line.strip()]
+    kept = [line for line in lines if json.loads(line)["step"] <= step]
+    path.write_text("".join(line + "\n" for line in kept))
+
+
+def read_train_log(save_dir: Path) -> list[dict]:
+    path = Path(save_dir) / TRAIN_LOG
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def memory_mb() -> float:
+    """Peak CUDA memory allocated on this device, or this process's peak RSS on CPU, in MiB."""
+    if torch.cuda.is_available():
+        return torch.cuda.max_memory_allocated() / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def visual_strip(blur: torch.Tensor, restored: torch.Tensor, sharp: torch.Tensor) -> np.ndarray:
+    """blur | restored | sharp of one frame (3,H,W each) as an HxWx3 uint8 image."""
+    row = torch.cat([t.detach().float().clamp(0, 1).cpu() for t in (blur, restored, sharp)], dim=-1)
+    return (row.permute(1, 2, 0).numpy() * 255.0 + 0.5).astype(np.uint8)
+

@@ -1,0 +1,62 @@
+"""Run the model on frames of any size: pad to what the model needs, optionally in overlapping spatial tiles
+blended with smooth weights, crop back. Validation and inference share it."""
+from __future__ import annotations
+
+from typing import Callable, Optional
+
+import torch
+import torch.nn.functional as F
+
+Forward = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def pad_to_multiple(x: torch.Tensor, multiple: int) -> torch.Tensor:
+    """Replicate-pad the last two dims of (B,T,C,H,W) up to multiples of ``multiple``."""
+    h, w = x.shape[-2:]
+    pad_h, pad_w = (-h) % multiple, (-w) % multiple
+    if pad_h == 0 and pad_w == 0:
+        return x
+    b, t = x.shape[:2]
+    flat = F.pad(x.flatten(0, 1), (0, pad_w, 0, pad_h), mode="replicate")
+    return flat.unflatten(0, (b, t))
+
+
+def tile_starts(length: int, tile: int, overlap: int) -> list[int]:
+    """Start offsets of tiles of size ``tile`` covering ``length`` with at least ``overlap`` shared pixels."""
+    if tile >= length:
+        return [0]
+    stride = tile - overlap
+    starts = list(range(0, length - tile, stride))
+    return starts + [length - tile]
+
+
+def blend_ramp(tile: int, overlap: int, device: torch.device) -> torch.Tensor:
+    """1-D weights: 1 inside, falling linearly towards the tile's edges over ``overlap`` pixels (never 0)."""
+    i = torch.arange(tile, device=device, dtype=torch.float32)
+    edge = torch.minimum(i + 1, tile - i) / (overlap + 1)
+    return edge.clamp(max=1.0)
+
+
+def restore(forward: Forward, blur: torch.Tensor, spike: torch.Tensor, multiple: int,
+            tile: Optional[int] = None, overlap: int = 32) -> torch.Tensor:
+    """Deblur (B,T,3,H,W) with spikes (B,T,K,H,W) -> (B,T,3,H,W) in float32.
+
+    ``tile=None`` runs whole frames (padded). Otherwise tiles of ``tile`` pixels (a multiple of ``multiple``)
+    overlapping by ``overlap`` run one at a time, so activation memory depends on the tile, not the frame."""
+    h, w = blur.shape[-2:]
+    blur_p, spike_p = pad_to_multiple(blur, multiple), pad_to_multiple(spike, multiple)
+    if tile is None or (tile >= blur_p.shape[-2] and tile >= blur_p.shape[-1]):
+        return forward(blur_p, spike_p).float()[..., :h, :w]
+    if tile % multiple:
+        raise ValueError(f"tile size {tile} must be a multiple of {multiple}, what the model's windows need")
+    hp, wp = blur_p.shape[-2:]
+    th, tw = min(tile, hp), min(tile, wp)
+    out = torch.zeros(blur_p.shape, dtype=torch.float32, device=blur.device)
+    weight = torch.zeros((hp, wp), dtype=torch.float32, device=blur.device)
+    ramp = blend_ramp(th, overlap, blur.device)[:, None] * blend_ramp(tw, overlap, blur.device)[None, :]
+    for y in tile_starts(hp, th, overlap):
+        for x in tile_starts(wp, tw, overlap):
+            window = (..., slice(y, y + th), slice(x, x + tw))
+            out[window] += forward(blur_p[window], spike_p[window]).float() * ramp
+            weight[y:y + th, x:x + tw] += ramp
+    return (out / weight)[..., :h, :w]

@@ -1,0 +1,356 @@
+"""Train the VRT-spike model under a DeepSpeed engine: parse, build, train, close.
+
+    deepspeed --num_gpus=4 ds_deblur/train.py --config CFG.yaml --deepspeed_config ds_configs/zero2_fp16.json
+    torchrun --nproc_per_node=4 ds_deblur/train.py ...        python ds_deblur/train.py ...   (one process)
+"""
+import os
+import sys
+
+if __name__ == "__main__" and not __package__:
+    # As a script, Python puts ds_deblur/ first on sys.path, where our inspect.py would shadow the standard
+    # library's for every later import (torch's included): swap it for the repository root before importing.
+    _here = os.path.dirname(os.path.abspath(__file__))
+    sys.path[:] = [p for p in sys.path if os.path.abspath(p or os.curdir) != _here]
+    sys.path.insert(0, os.path.dirname(_here))
+
+import argparse  # noqa: E402
+import math  # noqa: E402
+import signal  # noqa: E402
+import time  # noqa: E402
+from dataclasses import asdict, dataclass  # noqa: E402
+from pathlib import Path  # noqa: E402
+from typing import Any, Iterator, Optional  # noqa: E402
+
+import torch  # noqa: E402
+
+EXIT_DIVERGED = 3
+# Fault injection for tests and the reliability suite: comma-separated optimizer steps at which rank 0 makes its
+# first micro-batch's loss infinite (an fp16 overflow, a bf16/fp32 non-finite loss). Never set in real runs.
+INJECT_ENV = "DS_DEBLUR_INJECT_NONFINITE"
+
+
+def parse_args(argv: Optional[list] = None) -> argparse.Namespace:
+    import deepspeed
+    parser = argparse.ArgumentParser(
+        prog="ds_deblur/train.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", required=True, help="experiment YAML (ds_configs/tiny_synth.yaml, ...)")
+    parser.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                        help="override a config key (repeatable), e.g. --set TRAIN.LR=2e-4")
+    parser.add_argument("--resume", default=None, metavar="auto|CKPT_DIR|CKPT_DIR/TAG|FILE.pth",
+                        help="continue a run: 'auto' = newest complete checkpoint under LOG.SAVE_DIR/ckpts (or a "
+                             "fresh start), a checkpoint dir (its 'latest'), a tag, or a last.pth/best.pth")
+    parser.add_argument("--reset-optimizer", action="store_true",
+                        help="with --resume: restore weights and counters only; fresh optimizer and LR schedule "
+                             "(e.g. to change the learning rate)")
+    parser.add_argument("--init-weights", default=None, metavar="FILE",
+                        help="start a new run from these model weights (last.pth/best.pth, a weights export or "
+                             "an official VRT release file keyed 'params')")
+    parser.add_argument("--stop-at-step", type=int, default=None, metavar="N",
+                        help="save and exit after optimizer step N without changing the schedule")
+    parser.add_argument("--local_rank", type=int, default=int(os.environ.get("LOCAL_RANK", 0)),
+                        help="set by the launcher")
+    deepspeed.add_config_arguments(parser)
+    args = parser.parse_args(argv)
+    if args.deepspeed_config is None:
+        parser.error("--deepspeed_config is required (e.g. ds_configs/cpu_fp32.json or ds_configs/zero2_fp16.json)")
+    if args.resume and args.init_weights:
+        parser.error("--resume and --init-weights exclude each other: resume continues a run, "
+                     "init-weights starts a new one")
+    if args.reset_optimizer and not args.resume:
+        parser.error("--reset-optimizer only makes sense with --resume")
+    return args
+
+
+@dataclass
+class StepStats:
+    """What one optimizer step did, summed over its micro-batches and agreed on by every rank."""
+    micro: int = 0
+    loss: float = 0.0
+    parts: Optional[dict] = None
+    nonfinite: bool = False
+    data_time: float = 0.0
+
+
+class Trainer:
+    """The train loop. Steps are optimizer steps; logging, validation and saving happen only on step
+    boundaries, exactly once each, on every rank together."""
+
+    def __init__(self, args: argparse.Namespace) -> None:
+        from ds_deblur import checkpoint, distributed, engine as eng
+        from ds_deblur.config import load_config, save_config
+        from ds_deblur.data import build_dataloaders
+        from ds_deblur.losses import DeblurLoss
+        from ds_deblur.models import build_model
+
+        self.args = args
+        self.cfg = load_config(args.config, args.set)
+        self.rank, self.world = distributed.init()
+        self.save_dir = Path(self.cfg.LOG.SAVE_DIR)
+        self.ckpt_dir = self.save_dir / "ckpts"
+        self.ds = eng.resolve_ds_config(eng.read_ds_json(args.deepspeed_config), self.cfg, self.world,
+                                        source=args.deepspeed_config)
+        self.precision = eng.precision_of(self.ds)
+        torch.manual_seed(self.cfg.SEED)
+        self.train_loader, self.val_loader = build_dataloaders(self.cfg, self.rank, self.world)
+        self.total_steps = self._total_steps()
+        from ds_deblur.validate import input_metrics
+        self.input_metrics = input_metrics(self.val_loader)
+        self.resume_from = checkpoint.resolve_resume(args.resume, self.save_dir) if args.resume else None
+        model = build_model(self.cfg)
+        if args.init_weights:
+            self._init_weights(model, args.init_weights)
+        self.multiple = model.size_multiple
+        self.loss_fn = DeblurLoss.from_config(self.cfg).to(distributed.device())
+        self.engine = eng.initialize(model, self.cfg, self.ds, self.total_steps)
+        self.state = checkpoint.TrainState()
+        if self.resume_from:
+            self._resume(*self.resume_from)
+        elif args.resume == "auto":
+            self._say("[train] --resume auto: no complete checkpoint under "
+                      f"{self.ckpt_dir}, starting a fresh run")
+        if distributed.is_main():
+            save_config(self.cfg, self.save_dir / "config.yaml", deepspeed=self.ds)
+        from ds_deblur.run_log import RunLogger
+        self.log = RunLogger(self.save_dir, distributed.is_main(), self.total_steps, self.state.step)
+        self.stop_requested = False
+        self.min_scale_steps = 0
+        self.inject_steps = {int(x) for x in os.environ.get(INJECT_ENV, "").split(",") if x.strip()}
+
+    # --- set-up helpers ---------------------------------------------------------------------------------------
+
+    def _total_steps(self) -> int:
+        if self.cfg.TRAIN.TOTAL_STEPS is not None:
+            return self.cfg.TRAIN.TOTAL_STEPS
+        per_epoch = len(self.train_loader.sampler) * self.cfg.TRAIN.EPOCHS
+        return max(per_epoch // self.cfg.TRAIN.GRADIENT_ACCUMULATION_STEPS, 1)
+
+    def _init_weights(self, model: torch.nn.Module, path: str) -> None:
+        from ds_deblur.single_file import load_weights
+        missing = load_weights(model, path)
+        self._say(f"[train] Initialised weights from {path}" + (f" ({missing})" if missing else ""))
+
+    def _resume(self, ckpt_dir: Path, tag: str) -> None:
+        from ds_deblur import checkpoint
+        self._say(f"[train] Loading checkpoint {ckpt_dir / tag}")
+        saved = checkpoint.load(self.engine, ckpt_dir, tag, load_optimizer=not self.args.reset_optimizer)
+        checkpoint.check_config_change(saved["config"], self.cfg.to_dict(), saved["world_size"], self.world,
+                                       warn=self._say)
+        self.state = checkpoint.TrainState(saved["step"], saved["epoch"], saved["best_psnr"], saved["best_step"])
+        same_batch = saved["world_size"] == self.world and \
+            saved["config"]["TRAIN"]["BATCH_SIZE"] == self.cfg.TRAIN.BATCH_SIZE
+        self.train_loader.load_state_dict(saved["data"])
+        s = self.state
+        self._say(f"[train] Resuming from step {s.step} (epoch {s.epoch}), best PSNR so far {s.best_psnr:.4f}")
+        self._say("[train] ✓ Model weights loaded")
+        if self.args.reset_optimizer:
+            self._say("[train] ✓ Optimizer and LR schedule start fresh (--reset-optimizer)")
+        else:
+            self._say("[train] ✓ Optimizer state loaded (fp32 masters, Adam moments)")
+            self._say("[train] ✓ LR scheduler state loaded")
+            if self.precision == "fp16":
+                self._say("[train] ✓ Loss scaler state loaded")
+            self._say("[train] ✓ RNG state loaded" if saved["world_size"] == self.world
+                      else "[train] RNG state not restored: the world size changed")
+        self._say(f"[train] ✓ Data position: epoch {saved['data']['epoch']}, sample {saved['data']['position']}"
+                  + ("" if same_batch else " (batch layout changed: the remaining order is the same, "
+                                           "grouped into different batches)"))
+        self._say(f"[train] Resume complete. Continuing from step {s.step}/{self.total_steps}")
+
+    def _say(self, text: str) -> None:
+        from ds_deblur import distributed
+        if distributed.is_main():
+            print(text, flush=True)
+
+    # --- the loop ---------------------------------------------------------------------------------------------
+
+    def fit(self) -> int:
+        signal.signal(signal.SIGTERM, self._on_signal)
+        signal.signal(signal.SIGINT, self._on_signal)
+        while self.state.step < self.total_steps:
+            self.train_loader.set_epoch(self.state.epoch)
+            code = self._run_epoch()
+            if code is not None:
+                return code
+            self.state.epoch += 1
+        return 0
+
+    def _run_epoch(self) -> Optional[int]:
+        """Train until the loader is exhausted (returns None) or the run ends (returns the exit code)."""
+        accum = self.cfg.TRAIN.GRADIENT_ACCUMULATION_STEPS
+        stats, started = StepStats(), time.perf_counter()
+        for batch, waited in _timed(self.train_loader):
+            boundary = self.engine.is_gradient_accumulation_boundary()
+            self._micro_step(batch, stats, accum)
+            stats.data_time += waited
+            if not boundary:
+                continue
+            self.state.step += 1
+            self._after_step(stats, time.perf_counter() - started)
+            code = self._boundary_actions()
+            if code is not None:
+                return code
+            stats, started = StepStats(), time.perf_counter()
+        return None
+
+    def _micro_step(self, batch: dict, stats: StepStats, accum: int) -> None:
+        from ds_deblur import distributed
+        from ds_deblur.validate import model_dtype
+        dtype, device = model_dtype(self.engine), self.engine.device
+        blur = batch["blur"].to(device, dtype, non_blocking=True)
+        spike = batch["spike_vox"].to(device, dtype, non_blocking=True)
+        sharp = batch["sharp"].to(device, non_blocking=True)
+        loss, parts = self.loss_fn(self.engine(blur, spike).float(), sharp)
+        if self.state.step + 1 in self.inject_steps and self.rank == 0 and stats.micro == 0:
+            loss = loss * float("inf")
+        # Agree on a bad micro-batch before backward: its non-finite gradients then make DeepSpeed discard the
+        # whole step on every rank (its overflow check reduces over ranks); we count and log it.
+        bad = distributed.any_rank(not bool(torch.isfinite(loss.detach())))
+        stats.nonfinite |= bad
+        self.engine.backward(loss)
+        self.engine.step()
+        stats.micro += 1
+        stats.loss += distributed.mean_over_ranks(float(loss.detach())) / accum
+        stats.parts = {k: (stats.parts or {}).get(k, 0.0) + distributed.mean_over_ranks(float(v)) / accum
+                       for k, v in parts.items()}
+
+    def _after_step(self, stats: StepStats, step_time: float) -> None:
+        from ds_deblur import engine as eng
+        from ds_deblur.run_log import memory_mb
+        applied = self.engine.was_step_applied()
+        if stats.nonfinite and applied:
+            raise RuntimeError(
+                f"step {self.state.step}: a non-finite loss was seen but DeepSpeed applied the step. This DeepSpeed "
+                f"config does not guard non-finite gradients (ZeRO stage 0 without fp16?); use ZeRO >= 1, or for "
+                f"bf16 set \"check_grad_overflow\": true in the bf16 section")
+        scale = eng.loss_scale(self.engine)
+        self.min_scale_steps = self.min_scale_steps + 1 if (
+            self.precision == "fp16" and scale <= eng.min_loss_scale(self.engine) and not applied) else 0
+        grad_norm = self.engine.get_global_grad_norm()
+        grad_norm = float(grad_norm) if grad_norm is not None and applied else None
+        samples = self.cfg.TRAIN.BATCH_SIZE * self.cfg.TRAIN.GRADIENT_ACCUMULATION_STEPS * self.world
+        record = {"step": self.state.step, "epoch": self.state.epoch, "loss": stats.loss,
+                  "lr": self.engine.get_lr()[0], "loss_scale": scale, "grad_norm": grad_norm,
+                  "skipped": int(self.engine.skipped_steps)}
+        scalars = {}
+        if self.state.step % self.cfg.LOG.LOG_EVERY_STEPS == 0 or self.state.step == 1:
+            scalars = {"train/loss": stats.loss, "train/lr": record["lr"], "train/loss_scale": scale,
+                       "train/skipped_steps": record["skipped"], "perf/samples_per_sec": samples / step_time,
+                       "perf/step_time_ms": step_time * 1e3, "perf/data_time_ms": stats.data_time * 1e3,
+                       "perf/memory_mb": memory_mb()}
+            scalars.update({f"train/{k}": v for k, v in (stats.parts or {}).items()})
+            if grad_norm is not None:
+                scalars["train/grad_norm"] = grad_norm
+        self.log.train_step(record, scalars)
+
+    def _boundary_actions(self) -> Optional[int]:
+        from ds_deblur import distributed
+        step, cfg = self.state.step, self.cfg
+        last = step >= self.total_steps
+        if step % cfg.TRAIN.VAL_EVERY_STEPS == 0 or last:
+            self._validate()
+        if self.min_scale_steps >= cfg.TRAIN.MIN_LOSS_SCALE_PATIENCE:
+            self._save(f"fp16 loss scale stuck at its minimum for {self.min_scale_steps} steps")
+            self._say(f"[train] Stopping: the fp16 loss scale has sat at its minimum for {self.min_scale_steps} "
+                      f"consecutive overflowing steps (TRAIN.MIN_LOSS_SCALE_PATIENCE), so training has diverged. "
+                      f"Saved the last good state as {self.ckpt_dir}/step_{step:06d}. Lower TRAIN.LR, check the "
+                      f"data, or use bf16 (ds_configs/zero2_bf16.json).")
+            return EXIT_DIVERGED
+        stop = distributed.any_rank(self.stop_requested)
+        cut = self.args.stop_at_step is not None and step >= self.args.stop_at_step
+        if step % cfg.LOG.SAVE_EVERY_STEPS == 0 or last or stop or cut:
+            self._save("signal" if stop else None)
+        if stop:
+            self._say(f"[train] Stopped by signal after step {step}; resume with --resume auto")
+        return 0 if (last or stop or cut) else None
+
+    def _validate(self) -> None:
+        from ds_deblur import checkpoint, distributed
+        from ds_deblur.validate import validate
+        metrics, visual = validate(self.engine, self.val_loader, self.multiple, self.cfg.TRAIN.VAL_TILE_SIZE,
+                                   self.cfg.TRAIN.VAL_TILE_OVERLAP, want_visual=distributed.is_main())
+        improved = metrics["psnr_rgb"] > self.state.best_psnr
+        if improved:
+            self.state.best_psnr, self.state.best_step = metrics["psnr_rgb"], self.state.step
+        metrics.update(best_psnr=self.state.best_psnr, best_step=self.state.best_step,
+                       input_psnr_rgb=self.input_metrics["psnr_rgb"])
+        self.log.validation(self.state.step, metrics, visual, self.rank)
+        self.last_val = metrics
+        if improved:
+            self._save(None, tag=checkpoint.BEST)
+
+    def _save(self, reason: Optional[str], tag: Optional[str] = None) -> None:
+        from ds_deblur import checkpoint, distributed
+        tag = tag or checkpoint.step_tag(self.state.step)
+        state = checkpoint.client_state(self.state, self.train_loader.state_dict(), self.cfg.to_dict(),
+                                        self.engine, self.precision)
+        checkpoint.save(self.engine, self.ckpt_dir, tag, state)
+        if distributed.is_main():
+            if tag != checkpoint.BEST:
+                checkpoint.retain(self.ckpt_dir, self.cfg.LOG.KEEP_LAST)
+            if self.cfg.LOG.EXPORT_SINGLE_FILE:
+                from ds_deblur.convert import export_single_file
+                name = "best.pth" if tag == checkpoint.BEST else "last.pth"
+                export_single_file(self.ckpt_dir, tag, self.ckpt_dir / name)
+        distributed.barrier()
+
+    def _on_signal(self, signum: int, _frame: Any) -> None:
+        # Finish the current step, save, exit 0: preemption-friendly. A second signal exits at once.
+        if self.stop_requested:
+            raise KeyboardInterrupt
+        self.stop_requested = True
+
+    def close(self, exit_code: int) -> None:
+        from ds_deblur import distributed
+        last = getattr(self, "last_val", None)
+        if last is not None:
+            self.log.hparams(_hparams(self.cfg, self.precision, self.ds, self.world),
+                             {"hparam/psnr_rgb": last["psnr_rgb"], "hparam/best_psnr": self.state.best_psnr})
+            self._say(f"[train] Final validation PSNR {last['psnr_rgb']:.3f} dB (best {self.state.best_psnr:.3f} "
+                      f"at step {self.state.best_step}) vs blurry input {self.input_metrics['psnr_rgb']:.3f} dB; "
+                      f"TensorBoard logs: {self.save_dir / 'tb'}")
+        self.log.close()
+        distributed.close()
+
+
+def _hparams(cfg: Any, precision: str, ds: dict, world: int) -> dict:
+    return {"preset": cfg.MODEL.PRESET, "use_spike": cfg.MODEL.USE_SPIKE, "lr": cfg.TRAIN.LR,
+            "batch": cfg.TRAIN.BATCH_SIZE * cfg.TRAIN.GRADIENT_ACCUMULATION_STEPS * world,
+            "clip_len": cfg.DATA.CLIP_LEN, "crop": cfg.DATA.CROP_SIZE, "precision": precision,
+            "zero_stage": int(ds.get("zero_optimization", {}).get("stage", 0))}
+
+
+def _timed(loader: Any) -> Iterator[tuple[Any, float]]:
+    """Yield (batch, seconds spent waiting for it): the real data wait, not time spent elsewhere."""
+    iterator = iter(loader)
+    while True:
+        started = time.perf_counter()
+        try:
+            batch = next(iterator)
+        except StopIteration:
+            return
+        yield batch, time.perf_counter() - started
+
+
+def main(argv: Optional[list] = None) -> int:
+    from ds_deblur.checkpoint import CheckpointError
+    from ds_deblur.config import ConfigError
+    from ds_deblur.data import DatasetError
+    from ds_deblur.engine import EngineConfigError
+    args = parse_args(argv)
+    try:
+        trainer = Trainer(args)
+    except (ConfigError, DatasetError, EngineConfigError, CheckpointError, FileNotFoundError) as err:
+        print(f"[train] error: {err}", file=sys.stderr, flush=True)
+        from ds_deblur import distributed
+        distributed.close()
+        return 2
+    code = 0
+    try:
+        code = trainer.fit()
+    finally:
+        trainer.close(code)
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())
