@@ -1,0 +1,135 @@
+"""Clips of consecutive (blur, sharp, spike voxel) frames for training and validation (DESIGN §4).
+
+Training clips are every window of ``clip_len`` consecutive frames of a sequence (stride 1, never crossing
+sequences), with one random crop and flip shared by blur, sharp and spike. Validation clips cover each sequence
+with back-to-back windows, the last one moved back to end at the last frame when the length is not a multiple
+of ``clip_len`` (those frames then appear in two clips; ``meta['frames']`` says which), on whole frames.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Optional, Sequence, Union
+
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.data import Dataset
+
+from .errors import DatasetError
+from .layout import SequenceInfo, resolve_spike_size, scan_split
+from .sampler import SampleKey
+from .voxel import Window, resample_window, voxelize_dat
+
+AUGMENT_STREAM = 1  # keeps augmentation seeds apart from the sampler's (seed, epoch) permutation stream
+
+
+@dataclass(frozen=True)
+class ClipOptions:
+    """How clips are cut and augmented; ``crop_size=None`` means whole frames (validation)."""
+    clip_len: int
+    k: int
+    mean: float
+    std: float
+    crop_size: Optional[int] = None
+    hflip: bool = False
+    vflip: bool = False
+    use_voxel_cache: bool = False
+    max_frames: Optional[int] = None
+    seed: int = 0
+
+
+class SpikeDeblurDataset(Dataset):
+    """Indexed by a ``SampleKey`` (from the sampler) or a plain clip index (then augmented as epoch 0, position
+    = index). A sample is a dict with ``blur`` and ``sharp``
+    float32 (T, 3, H, W) in [0, 1], ``spike_vox`` float32 (T, K, H, W) normalised, and ``meta``: ``seq`` (str),
+    ``frames`` (T,) int64 frame positions in the sequence, ``pad`` (bool, a sampler's padding sample).
+
+    Construction validates the split (see ``layout.scan_split``) and raises ``DatasetError`` listing every
+    problem. Only paths are kept in memory, so worker processes share nothing that grows."""
+
+    def __init__(self, root: Union[str, os.PathLike], split: str, options: ClipOptions, *, training: bool,
+                 spike_size: Optional[Sequence[int]] = None) -> None:
+        self.root, self.split, self.options, self.training = root, split, options, training
+        self.spike_size = resolve_spike_size(root, spike_size)
+        scan = scan_split(root, split, self.spike_size, k=options.k, min_frames=options.clip_len,
+                          min_size=options.crop_size if training and options.crop_size else 0,
+                          voxel_cache=options.use_voxel_cache)
+        scan.raise_if_bad()
+        self.sequences: list[SequenceInfo] = scan.sequences
+        self.clips = [(s, start) for s, seq in enumerate(self.sequences) for start in self._starts(len(seq.frames))]
+
+    def _starts(self, num_frames: int) -> list[int]:
+        clip_len = self.options.clip_len
+        if self.training:
+            return list(range(num_frames - clip_len + 1))
+        if self.options.max_frames is not None:
+            num_frames = max(min(num_frames, self.options.max_frames), clip_len)
+        starts = list(range(0, num_frames - clip_len + 1, clip_len))
+        if starts[-1] + clip_len < num_frames:
+            starts.append(num_frames - clip_len)
+        return starts
+
+    def __len__(self) -> int:
+        return len(self.clips)
+
+    def __getitem__(self, key: Union[int, SampleKey]) -> dict:
+        if not isinstance(key, SampleKey):
+            key = SampleKey(int(key), 0, int(key), False)
+        seq_index, start = self.clips[key.index]
+        seq = self.sequences[seq_index]
+        frames = range(start, start + self.options.clip_len)
+        window, hflip, vflip = self._augmentation(key, seq.size)
+        flip = (slice(None, None, -1 if vflip else 1), slice(None, None, -1 if hflip else 1))
+        sample: dict = {
+            "blur": self._images([seq.blur(i) for i in frames], seq.size, window, flip),
+            "sharp": self._images([seq.sharp(i) for i in frames], seq.size, window, flip),
+            "spike_vox": torch.from_numpy(np.stack([self._voxel(seq, i, window, hflip, vflip) for i in frames])),
+        }
+        sample["meta"] = {"seq": seq.name, "frames": torch.tensor(list(frames)), "pad": key.pad}
+        return sample
+
+    def augmentation_rng(self, key: SampleKey) -> np.random.Generator:
+        """The sample's own RNG, from (seed, epoch, global position): independent of workers and resume."""
+        return np.random.default_rng([self.options.seed, AUGMENT_STREAM, key.epoch, key.position])
+
+    def _augmentation(self, key: SampleKey, size: tuple[int, int]) -> tuple[Window, bool, bool]:
+        height, width = size
+        crop = self.options.crop_size
+        if not self.training or crop is None:
+            return (0, 0, height, width), False, False
+        rng = self.augmentation_rng(key)
+        top, left = int(rng.integers(0, height - crop + 1)), int(rng.integers(0, width - crop + 1))
+        hflip, vflip = rng.random() < 0.5, rng.random() < 0.5
+        return (top, left, crop, crop), self.options.hflip and hflip, self.options.vflip and vflip
+
+    @staticmethod
+    def _images(paths: list, size: tuple[int, int], window: Window, flip: tuple[slice, slice]) -> torch.Tensor:
+        """The window of each PNG, flipped, as float32 (T, 3, h, w) in [0, 1]. Stays in numpy (one uint8 copy,
+        one float pass): torch's intra-op threads only slow such small copies down in the main process."""
+        top, left, height, width = window
+        crops = []
+        for path in paths:
+            try:
+                with Image.open(path) as img:
+                    array = np.asarray(img.convert("RGB"))
+            except (OSError, ValueError, SyntaxError) as err:
+                raise DatasetError(f"cannot read PNG {path} ({err}); "
+                                   f"check the dataset with python -m ds_deblur.data.check ROOT") from err
+            if array.shape[:2] != size:
+                raise DatasetError(f"{path} is {array.shape[0]}x{array.shape[1]}, expected {size[0]}x{size[1]} "
+                                   f"like the rest of its sequence")
+            crops.append(array[top:top + height, left:left + width][flip])
+        clip = np.stack(crops).transpose(0, 3, 1, 2).astype(np.float32, order="C")
+        clip /= 255.0
+        return torch.from_numpy(clip)
+
+    def _voxel(self, seq: SequenceInfo, i: int, window: Window, hflip: bool, vflip: bool) -> np.ndarray:
+        if self.options.use_voxel_cache:
+            vox = np.load(seq.voxel(i), mmap_mode="r")
+        else:
+            vox = voxelize_dat(seq.spike(i), self.spike_size, self.options.k)
+        out = resample_window(vox, seq.size, window, hflip, vflip)
+        out -= self.options.mean
+        out /= self.options.std
+        return out

@@ -1,0 +1,114 @@
+"""DataLoaders for training (resumable, sharded) and validation (sharded, every clip once), and the voxel
+normalisation statistics they need."""
+from __future__ import annotations
+
+import random
+import warnings
+from functools import partial
+from pathlib import Path
+from typing import Any, Iterator, Optional, Sequence
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+
+from .dataset import ClipOptions, SpikeDeblurDataset
+from .errors import DatasetError
+from .layout import SPIKE_DIR, VOXEL_DIR, resolve_spike_size
+from .sampler import ResumableDistributedSampler
+from .voxel import STATS_FILE, VoxelStats, compute_stats, voxelize_dat
+
+FALLBACK_STATS_FRAMES = 8
+
+
+def seed_worker(worker_id: int, base_seed: int, rank: int = 0) -> None:
+    """``worker_init_fn``: seed python, numpy and torch in each worker from (base seed, rank, worker).
+    Augmentation does not rely on these (it is seeded per sample); they cover any other randomness."""
+    seed = int(np.random.SeedSequence([base_seed, rank, worker_id]).generate_state(1)[0])
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+class ResumableDataLoader(DataLoader):
+    """A DataLoader over a ``ResumableDistributedSampler`` that advances the sampler's global position for
+    each batch it hands out, so ``state_dict()`` taken between batches resumes right after the last one."""
+
+    sampler: ResumableDistributedSampler
+
+    def __iter__(self) -> Iterator[Any]:
+        for batch in super().__iter__():
+            self.sampler.advance(len(batch["meta"]["seq"]))
+            yield batch
+
+    def set_epoch(self, epoch: int) -> None:
+        self.sampler.set_epoch(epoch)
+
+    def state_dict(self) -> dict[str, Any]:
+        return self.sampler.state_dict()
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.sampler.load_state_dict(state)
+
+
+def load_voxel_stats(root: str, k: int, spike_size: Sequence[int], mean: Optional[float] = None,
+                     std: Optional[float] = None, train_split: str = "train") -> tuple[float, float]:
+    """(mean, std) for voxel normalisation: the given values (DATA.SPIKE_MEAN/STD), else ROOT/voxel_stats.json,
+    else estimated from a few training frames with a warning (run ``prepare`` to compute them properly)."""
+    if (mean is None) != (std is None):
+        raise DatasetError("set both DATA.SPIKE_MEAN and DATA.SPIKE_STD, or neither (to use voxel_stats.json)")
+    if mean is not None:
+        return float(mean), float(std)
+    stats = VoxelStats.load(root, k)
+    if stats is None:
+        stats = _estimate_stats(Path(root), train_split, k, spike_size)
+        warnings.warn(f"{Path(root) / STATS_FILE} not found: voxel mean/std estimated from {stats.frames} "
+                      f"training frames ({stats.mean:.4f}, {stats.std:.4f}); run "
+                      f"`python -m ds_deblur.data.prepare {root}` to compute them over the whole train split",
+                      stacklevel=2)
+    return stats.mean, stats.std
+
+
+def _estimate_stats(root: Path, split: str, k: int, spike_size: Sequence[int]) -> VoxelStats:
+    files = sorted((root / split).glob(f"*/{SPIKE_DIR}/*.dat"))
+    load = partial(voxelize_dat, spike_size=spike_size, k=k)
+    if not files:
+        files = sorted((root / split).glob(f"*/{VOXEL_DIR}/*.npy"))
+        load = np.load
+    if not files:
+        raise DatasetError(f"no spike files under {root / split}/*/{SPIKE_DIR} to compute voxel statistics from")
+    picks = np.linspace(0, len(files) - 1, min(FALLBACK_STATS_FRAMES, len(files))).round().astype(int)
+    return compute_stats((load(files[i]) for i in picks), k, split)
+
+
+def build_datasets(cfg: Any) -> tuple[SpikeDeblurDataset, SpikeDeblurDataset]:
+    """Train and validation datasets from the config's DATA section (and SEED)."""
+    data = cfg.DATA
+    spike_size = resolve_spike_size(data.ROOT, data.SPIKE_SIZE)
+    mean, std = load_voxel_stats(data.ROOT, data.K, spike_size, data.SPIKE_MEAN, data.SPIKE_STD, data.TRAIN_SPLIT)
+    common = dict(clip_len=data.CLIP_LEN, k=data.K, mean=mean, std=std,
+                  use_voxel_cache=data.USE_PRECOMPUTED_VOXELS, seed=cfg.SEED)
+    train = ClipOptions(crop_size=data.CROP_SIZE, hflip=data.HFLIP, vflip=data.VFLIP, **common)
+    val = ClipOptions(max_frames=data.VAL_MAX_FRAMES, **common)
+    return (SpikeDeblurDataset(data.ROOT, data.TRAIN_SPLIT, train, training=True, spike_size=spike_size),
+            SpikeDeblurDataset(data.ROOT, data.VAL_SPLIT, val, training=False, spike_size=spike_size))
+
+
+def build_dataloaders(cfg: Any, rank: int = 0, world_size: int = 1,
+                      num_workers: Optional[int] = None) -> tuple[ResumableDataLoader, DataLoader]:
+    """(train loader, val loader) for this rank. Train: shuffled by (SEED, epoch), ``TRAIN.BATCH_SIZE`` per
+    rank, resumable (``set_epoch``/``state_dict``/``load_state_dict``). Val: batch 1 (whole frames may differ
+    in size between sequences), rank r takes clips r, r+W, ...; padding samples (``meta['pad']``) only even
+    out the ranks' step counts and must not be counted in metrics. ``num_workers`` overrides the config."""
+    train_set, val_set = build_datasets(cfg)
+    loader_cfg = cfg.DATALOADER
+    workers = loader_cfg.NUM_WORKERS if num_workers is None else num_workers
+    common: dict[str, Any] = dict(num_workers=workers, pin_memory=loader_cfg.PIN_MEMORY and torch.cuda.is_available())
+    if workers > 0:
+        common.update(persistent_workers=loader_cfg.PERSISTENT_WORKERS, prefetch_factor=loader_cfg.PREFETCH_FACTOR,
+                      worker_init_fn=partial(seed_worker, base_seed=cfg.SEED, rank=rank))
+    train_sampler = ResumableDistributedSampler(len(train_set), world_size, rank, seed=cfg.SEED, shuffle=True)
+    val_sampler = ResumableDistributedSampler(len(val_set), world_size, rank, seed=cfg.SEED, shuffle=False)
+    train = ResumableDataLoader(train_set, batch_size=cfg.TRAIN.BATCH_SIZE, sampler=train_sampler, **common)
+    val = DataLoader(val_set, batch_size=1, sampler=val_sampler, **common)
+    return train, val

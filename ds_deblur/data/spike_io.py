@@ -1,0 +1,68 @@
+"""Spike camera ``.dat`` streams (DESIGN §4).
+
+Format: no header; a sequence of frames, each H*W bits in row-major order, 8 pixels per byte with the
+least-significant bit first, and each frame stored upside down (rows flipped on read and on write). A frame
+takes ceil(H*W / 8) bytes: for the real sensors H*W is a multiple of 8 and frames are back to back; for other
+sizes the last byte of each frame is zero-padded so that every frame starts on a byte boundary.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Sequence, Union
+
+import numpy as np
+
+from .errors import DatasetError
+
+PathLike = Union[str, os.PathLike]
+
+
+def frame_bytes(spike_size: Sequence[int]) -> int:
+    """Bytes one spike frame of size (H, W) takes in a ``.dat`` file."""
+    height, width = spike_size
+    return (height * width + 7) // 8
+
+
+def dat_frame_count(path: PathLike, spike_size: Sequence[int]) -> int:
+    """Number of spike frames in ``path``; a file that is empty or not a whole number of frames is an error."""
+    size = os.path.getsize(path)
+    per_frame = frame_bytes(spike_size)
+    if size == 0 or size % per_frame:
+        height, width = spike_size
+        below = size // per_frame
+        nearest = f"{below * per_frame} ({below} frames) or " if below else ""
+        raise DatasetError(
+            f"{path}: size {size} bytes is not a whole number of {height}x{width} spike frames; expected a "
+            f"non-zero multiple of {per_frame} bytes, e.g. {nearest}{(below + 1) * per_frame} ({below + 1} frames). "
+            f"The file is truncated, or DATA.SPIKE_SIZE / meta.yaml spike_size is wrong.")
+    return size // per_frame
+
+
+def open_dat(path: PathLike, spike_size: Sequence[int]) -> np.ndarray:
+    """Memory-map ``path`` as packed frames: uint8 array (N, frame_bytes), nothing read yet."""
+    count = dat_frame_count(path, spike_size)
+    return np.memmap(path, dtype=np.uint8, mode="r", shape=(count, frame_bytes(spike_size)))
+
+
+def unpack_frames(packed: np.ndarray, spike_size: Sequence[int]) -> np.ndarray:
+    """Packed frames (N, frame_bytes) -> bool spikes (N, H, W), upright (rows un-flipped)."""
+    height, width = spike_size
+    bits = np.unpackbits(packed, axis=1, count=height * width, bitorder="little")
+    return bits.view(bool).reshape(-1, height, width)[:, ::-1]
+
+
+def read_dat(path: PathLike, spike_size: Sequence[int]) -> np.ndarray:
+    """All spike frames of ``path`` as a bool array (N, H, W), upright."""
+    return np.ascontiguousarray(unpack_frames(open_dat(path, spike_size), spike_size))
+
+
+def write_dat(path: PathLike, spikes: np.ndarray) -> None:
+    """Write bool or 0/1 spikes (N, H, W) to ``path`` in the ``.dat`` format (rows flipped, LSB first)."""
+    spikes = np.asarray(spikes)
+    if spikes.ndim != 3:
+        raise ValueError(f"spikes must be (N, H, W), got shape {spikes.shape}")
+    if spikes.dtype != bool and not np.isin(spikes, (0, 1)).all():
+        raise ValueError("spikes must be bool or hold only 0 and 1")
+    flat = spikes[:, ::-1].astype(np.uint8).reshape(spikes.shape[0], -1)
+    Path(path).write_bytes(np.packbits(flat, axis=1, bitorder="little").tobytes())
