@@ -144,17 +144,17 @@ def tag_problem(tag_dir: Path) -> Optional[str]:
     if not tag_dir.is_dir():
         return "does not exist"
     if not marker.is_file():
-        return f"no {COMMIT} (the save never finished)"
+        return f"no {COMMIT} (the save did not finish)"
     try:
         files = json.loads(marker.read_text())["files"]
     except (ValueError, KeyError, TypeError):
-        return f"{COMMIT} is corrupt"
+        return f"{COMMIT} is corrupt or unreadable"
     for name, size in files.items():
         path = tag_dir / name
         if not path.is_file():
             return f"{name} is missing"
         if path.stat().st_size != size:
-            return f"{name} has {path.stat().st_size} bytes, {size} expected (truncated?)"
+            return f"{name} has {path.stat().st_size} bytes, {size} expected (truncated or overwritten)"
     return None
 
 

@@ -22,7 +22,7 @@ def make_tag(ckpt_dir: Path, tag: str, step: int, files=None, commit=True) -> Pa
 def test_tag_problem_detects_every_kind_of_damage(tmp_path):
     good = make_tag(tmp_path, "step_000001", 1)
     assert ck.tag_problem(good) is None
-    assert "never finished" in ck.tag_problem(make_tag(tmp_path, "step_000002", 2, commit=False))
+    assert "did not finish" in ck.tag_problem(make_tag(tmp_path, "step_000002", 2, commit=False))
     truncated = make_tag(tmp_path, "step_000003", 3)
     (truncated / "mp_rank_00_model_states.pt").write_bytes(b"x" * 4)
     assert "has 4 bytes, 10 expected" in ck.tag_problem(truncated)

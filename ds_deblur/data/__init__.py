@@ -5,12 +5,11 @@ from .layout import SequenceInfo, resolve_spike_size, scan_split
 from .loader import ResumableDataLoader, build_dataloaders, build_datasets, load_voxel_stats, seed_worker
 from .sampler import ResumableDistributedSampler, SampleKey
 from .spike_io import read_dat, write_dat
-from .synth import SynthConfig, generate
 from .voxel import VoxelStats, resample_window, voxelize_dat
 
 __all__ = [
     "ClipOptions", "DatasetError", "ResumableDataLoader", "ResumableDistributedSampler", "SampleKey",
-    "SequenceInfo", "SpikeDeblurDataset", "SynthConfig", "VoxelStats", "build_dataloaders", "build_datasets",
-    "generate", "load_voxel_stats", "read_dat", "resample_window", "resolve_spike_size", "scan_split",
+    "SequenceInfo", "SpikeDeblurDataset", "VoxelStats", "build_dataloaders", "build_datasets",
+    "load_voxel_stats", "read_dat", "resample_window", "resolve_spike_size", "scan_split",
     "seed_worker", "voxelize_dat", "write_dat",
 ]

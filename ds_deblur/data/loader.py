@@ -109,6 +109,10 @@ def build_dataloaders(cfg: Any, rank: int = 0, world_size: int = 1,
                       worker_init_fn=partial(seed_worker, base_seed=cfg.SEED, rank=rank))
     train_sampler = ResumableDistributedSampler(len(train_set), world_size, rank, seed=cfg.SEED, shuffle=True)
     val_sampler = ResumableDistributedSampler(len(val_set), world_size, rank, seed=cfg.SEED, shuffle=False)
-    train = ResumableDataLoader(train_set, batch_size=cfg.TRAIN.BATCH_SIZE, sampler=train_sampler, **common)
-    val = DataLoader(val_set, batch_size=1, sampler=val_sampler, **common)
+    # Own generators: starting an iterator draws a worker base seed, which must not consume the global torch RNG
+    # (the model's, e.g. drop-path): a run resumed mid-epoch starts its iterator at another point of that stream.
+    train = ResumableDataLoader(train_set, batch_size=cfg.TRAIN.BATCH_SIZE, sampler=train_sampler,
+                                generator=torch.Generator().manual_seed(cfg.SEED), **common)
+    val = DataLoader(val_set, batch_size=1, sampler=val_sampler, generator=torch.Generator().manual_seed(cfg.SEED),
+                     **common)
     return train, val

@@ -3,7 +3,8 @@ import pytest
 import yaml
 from PIL import Image
 
-from ds_deblur.data import SynthConfig, generate, read_dat
+from ds_deblur.data import read_dat
+from ds_deblur.data.synth import SynthConfig, generate
 from ds_deblur.data.synth import SpikeSensor
 from ds_deblur.data.synth import main as synth_main
 
