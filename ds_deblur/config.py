@@ -106,7 +106,8 @@ class AttnConfig:
 class ModelConfig:
     PRESET: str = doc("base", f"model preset: one of {', '.join(MODEL_PRESETS)}")
     USE_SPIKE: bool = doc(True, "fuse the spike branch; false = plain VRT (ablation)")
-    CHANNELS_PER_SCALE: list[int] = doc([96, 96, 96, 96], "spike encoder channels at scales 1, 1/2, 1/4, 1/8")
+    CHANNELS_PER_SCALE: Optional[list[int]] = doc(None, "spike encoder channels at scales 1, 1/2, 1/4, 1/8; "
+                                                        "null = the preset's VRT widths of stages 1-4")
     VRT: VRTConfig = section(VRTConfig, "VRT backbone overrides")
     SPIKE_TSA: AttnConfig = section(AttnConfig, "per-pixel temporal self attention of spike features")
     FUSE: AttnConfig = section(AttnConfig, "temporal cross attention fusing spike into RGB features")
@@ -114,8 +115,9 @@ class ModelConfig:
     def validate(self) -> None:
         _require(self.PRESET in MODEL_PRESETS, "MODEL.PRESET",
                  f"must be one of {', '.join(MODEL_PRESETS)}, got {self.PRESET!r}")
-        _require(len(self.CHANNELS_PER_SCALE) == 4 and min(self.CHANNELS_PER_SCALE) >= 1,
-                 "MODEL.CHANNELS_PER_SCALE", f"must be 4 positive channel counts, got {self.CHANNELS_PER_SCALE}")
+        if self.CHANNELS_PER_SCALE is not None:
+            _require(len(self.CHANNELS_PER_SCALE) == 4 and min(self.CHANNELS_PER_SCALE) >= 1,
+                     "MODEL.CHANNELS_PER_SCALE", f"must be 4 positive channel counts, got {self.CHANNELS_PER_SCALE}")
         self.VRT.validate()
         self.SPIKE_TSA.validate("MODEL.SPIKE_TSA")
         self.FUSE.validate("MODEL.FUSE")

@@ -156,3 +156,35 @@ def grad_scaler_state(loss_scaler: dict) -> dict:
         "growth_interval": window,
         "_growth_tracker": (good_steps - 1) % window if good_steps > 0 else 0,
     }
+
+
+def load_weights(model: torch.nn.Module, path: Union[str, Path]) -> str:
+    """Load model weights for ``--init-weights``: a single file (``state_dict``), a weights export (.pth or
+    .safetensors) or an official VRT release file keyed ``params`` (loaded into ``model.vrt``). Strict: every
+    key must fit. Never unpickles code. Returns what was loaded, in words."""
+    path = Path(path)
+    if not path.is_file():
+        raise checkpoint_not_found(path)
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+        weights, target, what = load_file(str(path)), model, "weights export"
+    else:
+        obj = read_weights_only(path)
+        if not isinstance(obj, dict):
+            raise CheckpointFormatError(f"{path} holds a {type(obj).__name__}, not model weights")
+        if "state_dict" in obj:
+            weights, target, what = obj["state_dict"], model, f"single file (step {obj.get('step')})"
+        elif "params" in obj:
+            weights, target, what = obj["params"], getattr(model, "vrt", model), "official VRT weights (backbone)"
+        else:
+            weights, target, what = obj, model, "weights export"
+    result = target.load_state_dict(weights, strict=False)
+    if result.missing_keys or result.unexpected_keys:
+        raise CheckpointFormatError(
+            f"{path} ({what}) does not fit this model: missing {_few(result.missing_keys)}, unexpected "
+            f"{_few(result.unexpected_keys)}. Check MODEL.PRESET and the other MODEL keys")
+    return what
+
+
+def _few(keys: list) -> str:
+    return f"{len(keys)} keys" + (f" ({', '.join(keys[:4])}{', ...' if len(keys) > 4 else ''})" if keys else "")

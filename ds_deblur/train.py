@@ -126,8 +126,8 @@ class Trainer:
 
     def _init_weights(self, model: torch.nn.Module, path: str) -> None:
         from ds_deblur.single_file import load_weights
-        missing = load_weights(model, path)
-        self._say(f"[train] Initialised weights from {path}" + (f" ({missing})" if missing else ""))
+        what = load_weights(model, path)
+        self._say(f"[train] Initialised weights from {path} ({what}); new run from step 0")
 
     def _resume(self, ckpt_dir: Path, tag: str) -> None:
         from ds_deblur import checkpoint

@@ -12,6 +12,13 @@ from ds_deblur.run_log import visual_strip
 from ds_deblur.tiling import restore
 
 
+def scored_frames(batch: dict) -> torch.Tensor:
+    """(B, T) mask of the frames metrics count: not in a padding clip (those only even out the ranks' loop
+    lengths, which ZeRO-3 gathers need) and not already scored in an overlapping clip."""
+    not_pad = ~torch.as_tensor(batch["meta"]["pad"], dtype=torch.bool)
+    return batch["meta"]["scored"] & not_pad[:, None]
+
+
 def model_dtype(engine: Any) -> torch.dtype:
     if engine.fp16_enabled():
         return torch.float16
@@ -34,12 +41,11 @@ def validate(engine: Any, loader: Any, multiple: int, tile: Optional[int], overl
         return engine(blur.to(device, dtype), spike.to(device, dtype))
 
     for batch in loader:
-        # Padding clips only even out the ranks' loop lengths (ZeRO-3 gathers need every rank): not scored.
         restored = restore(forward, batch["blur"], batch["spike_vox"], multiple, tile, overlap).cpu()
-        keep = ~torch.as_tensor(batch["meta"]["pad"], dtype=torch.bool)
+        keep = scored_frames(batch)
         if keep.any():
-            sums.update(restored[keep].flatten(0, 1), batch["sharp"][keep].flatten(0, 1))
-        if want_visual and visual is None and keep[0]:
+            sums.update(restored[keep], batch["sharp"][keep])
+        if want_visual and visual is None and keep[0].any():
             mid = restored.shape[1] // 2
             visual = visual_strip(batch["blur"][0, mid], restored[0, mid], batch["sharp"][0, mid])
     sums.all_reduce()
@@ -52,8 +58,8 @@ def input_metrics(loader: Any) -> dict:
     """The same metrics for the blurry input itself: the baseline a useful model must beat."""
     sums = MetricSums(device=torch.device("cpu"))
     for batch in loader:
-        keep = ~torch.as_tensor(batch["meta"]["pad"], dtype=torch.bool)
+        keep = scored_frames(batch)
         if keep.any():
-            sums.update(batch["blur"][keep].flatten(0, 1), batch["sharp"][keep].flatten(0, 1))
+            sums.update(batch["blur"][keep], batch["sharp"][keep])
     sums.all_reduce()
     return sums.means()

@@ -22,6 +22,7 @@ def test_baseline_yaml_has_the_original_settings():
     cfg = load_config(REPO / "ds_configs/vrt_spike_baseline.yaml")
     assert (cfg.DATA.CLIP_LEN, cfg.DATA.CROP_SIZE, cfg.DATA.K) == (5, 256, 32)
     assert cfg.MODEL.CHANNELS_PER_SCALE == [96] * 4
+    assert load_config(MINIMAL).MODEL.CHANNELS_PER_SCALE is None  # the preset's widths
     assert cfg.MODEL.SPIKE_TSA.HEADS == 4 and cfg.MODEL.FUSE.HEADS == 4
     assert (cfg.TRAIN.BATCH_SIZE, cfg.TRAIN.GRADIENT_ACCUMULATION_STEPS) == (1, 6)
     assert cfg.TRAIN.LR == 1e-4 and cfg.TRAIN.BETAS == [0.9, 0.99] and cfg.TRAIN.WEIGHT_DECAY == 1e-4

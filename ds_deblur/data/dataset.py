@@ -43,7 +43,8 @@ class SpikeDeblurDataset(Dataset):
     """Indexed by a ``SampleKey`` (from the sampler) or a plain clip index (then augmented as epoch 0, position
     = index). A sample is a dict with ``blur`` and ``sharp``
     float32 (T, 3, H, W) in [0, 1], ``spike_vox`` float32 (T, K, H, W) normalised, and ``meta``: ``seq`` (str),
-    ``frames`` (T,) int64 frame positions in the sequence, ``pad`` (bool, a sampler's padding sample).
+    ``frames`` (T,) int64 frame positions in the sequence, ``pad`` (bool, a sampler's padding sample),
+    ``scored`` (T,) bool: the frames metrics count (validation clips overlapping an earlier one repeat frames).
 
     Construction validates the split (see ``layout.scan_split``) and raises ``DatasetError`` listing every
     problem. Only paths are kept in memory, so worker processes share nothing that grows."""
@@ -58,6 +59,18 @@ class SpikeDeblurDataset(Dataset):
         scan.raise_if_bad()
         self.sequences: list[SequenceInfo] = scan.sequences
         self.clips = [(s, start) for s, seq in enumerate(self.sequences) for start in self._starts(len(seq.frames))]
+        self.first_scored = self._first_scored()
+
+    def _first_scored(self) -> list[int]:
+        """Per clip, the first frame it scores: validation clips overlap at a sequence's end, and each frame
+        must count once in the metrics, in the first clip that holds it. Training clips score every frame."""
+        if self.training:
+            return [start for _, start in self.clips]
+        firsts, clip_len = [], self.options.clip_len
+        for i, (seq, start) in enumerate(self.clips):
+            before = self.clips[i - 1] if i else None
+            firsts.append(max(start, before[1] + clip_len) if before and before[0] == seq else start)
+        return firsts
 
     def _starts(self, num_frames: int) -> list[int]:
         clip_len = self.options.clip_len
@@ -86,7 +99,8 @@ class SpikeDeblurDataset(Dataset):
             "sharp": self._images([seq.sharp(i) for i in frames], seq.size, window, flip),
             "spike_vox": torch.from_numpy(np.stack([self._voxel(seq, i, window, hflip, vflip) for i in frames])),
         }
-        sample["meta"] = {"seq": seq.name, "frames": torch.tensor(list(frames)), "pad": key.pad}
+        sample["meta"] = {"seq": seq.name, "frames": torch.tensor(list(frames)), "pad": key.pad,
+                          "scored": torch.tensor([i >= self.first_scored[key.index] for i in frames])}
         return sample
 
     def augmentation_rng(self, key: SampleKey) -> np.random.Generator:

@@ -39,6 +39,18 @@ def test_val_covers_each_sequence_with_whole_frames(tmp_path, coded_dataset):
     assert limited.clips == [(0, 0), (0, 1), (1, 0), (1, 1)]
 
 
+def test_val_scores_every_frame_exactly_once(tmp_path, coded_dataset):
+    root = coded_dataset(tmp_path, frames=7, seqs=("a", "b"), split="val")
+    ds = SpikeDeblurDataset(root, "val", options(), training=False)
+    scored = []
+    for i in range(len(ds)):
+        meta = ds[i]["meta"]
+        scored += [(meta["seq"], f) for f, s in zip(meta["frames"].tolist(), meta["scored"].tolist()) if s]
+    assert sorted(scored) == [(seq, f) for seq in ("a", "b") for f in range(7)]
+    train = SpikeDeblurDataset(root, "val", options(), training=True)
+    assert all(train[i]["meta"]["scored"].all() for i in range(len(train)))
+
+
 def test_one_crop_and_flip_shared_by_blur_sharp_and_spike(tmp_path, coded_dataset):
     root = coded_dataset(tmp_path, frames=4, spike_frames=8)
     ds = SpikeDeblurDataset(root, "train", options(k=4), training=True)

@@ -1,0 +1,87 @@
+"""Model presets (MODEL.PRESET) and ``build_model(cfg)``.
+
+A preset fixes the VRT backbone arguments (official argument names) and the spike branch's depth; the
+``MODEL.VRT.*`` keys override single backbone values, ``MODEL.CHANNELS_PER_SCALE`` sets the spike widths.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+from ds_deblur.models.vrt import VRT
+from ds_deblur.models.vrt_spike import VRTWithSpike
+
+# MODEL.VRT key -> VRT constructor argument, for keys that replace a preset value when not None
+_VRT_OVERRIDES = {
+    "EMBED_DIMS": "embed_dims", "DEPTHS": "depths", "NUM_HEADS": "num_heads", "WINDOW_SIZE": "window_size",
+    "PA_FRAMES": "pa_frames", "DEFORMABLE_GROUPS": "deformable_groups", "INDEP_RECONSTS": "indep_reconsts",
+    "MLP_RATIO": "mlp_ratio",
+}
+
+
+def _tiny(clip_len: int, crop: int) -> dict[str, Any]:
+    # Small enough for a DeepSpeed demo on 2 CPU ranks (64x64 crops, a few frames): 8 stages of width 16.
+    return dict(img_size=[clip_len, crop, crop], window_size=[2, 8, 8], depths=[2] * 7 + [2],
+                indep_reconsts=[7], embed_dims=[16] * 8, num_heads=[2] * 8, pa_frames=2, deformable_groups=4,
+                drop_path_rate=0.0, spike_res_blocks=1)
+
+
+def _base(clip_len: int, crop: int) -> dict[str, Any]:
+    # The original project's model: VRT's 13-stage layout at width 96, temporal window = the whole clip.
+    return dict(img_size=[clip_len, crop, crop], window_size=[clip_len, 8, 8], depths=[8] * 7 + [4] * 6,
+                indep_reconsts=[11, 12], embed_dims=[96] * 13, num_heads=[6] * 13, pa_frames=2,
+                deformable_groups=16, spike_res_blocks=2)
+
+
+def _vrt_gopro(clip_len: int, crop: int) -> dict[str, Any]:
+    # Official VRT video deblurring (GoPro) configuration, so its released weights load into model.vrt.
+    return dict(img_size=[6, 192, 192], window_size=[6, 8, 8], depths=[8] * 7 + [4] * 4, indep_reconsts=[9, 10],
+                embed_dims=[96] * 7 + [120] * 4, num_heads=[6] * 11, pa_frames=2, deformable_groups=16,
+                spike_res_blocks=2)
+
+
+PRESETS = {"tiny": _tiny, "base": _base, "vrt_gopro": _vrt_gopro}
+
+
+def vrt_arguments(cfg: Any) -> tuple[dict[str, Any], int]:
+    """The VRT constructor arguments for ``cfg`` (preset + MODEL.VRT overrides) and the spike residual depth."""
+    model_cfg = cfg.MODEL
+    if model_cfg.PRESET not in PRESETS:
+        raise ValueError(f"MODEL.PRESET={model_cfg.PRESET!r} is not a preset; choose one of {', '.join(PRESETS)}")
+    kwargs = PRESETS[model_cfg.PRESET](cfg.DATA.CLIP_LEN, cfg.DATA.CROP_SIZE)
+    spike_res_blocks = kwargs.pop("spike_res_blocks")
+    for key, arg in _VRT_OVERRIDES.items():
+        value = getattr(model_cfg.VRT, key)
+        if value is not None:
+            kwargs[arg] = value
+    kwargs.update(upscale=1, in_chans=3, out_chans=3, spynet_path=model_cfg.VRT.SPYNET_PATH,
+                  use_checkpoint_attn=model_cfg.VRT.USE_CHECKPOINT_ATTN,
+                  use_checkpoint_ffn=model_cfg.VRT.USE_CHECKPOINT_FFN)
+    return kwargs, spike_res_blocks
+
+
+def _spike_channels(cfg: Any, embed_dims: list[int]) -> list[int]:
+    """MODEL.CHANNELS_PER_SCALE, or the widths of VRT stages 1-4 when it is null; they must match."""
+    if cfg.MODEL.CHANNELS_PER_SCALE is None:
+        return list(embed_dims[:4])
+    channels = list(cfg.MODEL.CHANNELS_PER_SCALE)
+    if channels != list(embed_dims[:4]):
+        raise ValueError(
+            f"MODEL.CHANNELS_PER_SCALE={channels} must equal the VRT widths of encoder stages 1-4, "
+            f"MODEL.VRT.EMBED_DIMS[:4]={list(embed_dims[:4])} (preset {cfg.MODEL.PRESET!r}"
+            f"{'' if cfg.MODEL.VRT.EMBED_DIMS is None else ' overridden by MODEL.VRT.EMBED_DIMS'}); "
+            f"set MODEL.CHANNELS_PER_SCALE={list(embed_dims[:4])}, or MODEL.USE_SPIKE=false for plain VRT")
+    return channels
+
+
+def build_model(cfg: Any) -> VRTWithSpike:
+    """The deblurring model described by ``cfg.MODEL`` (and DATA.CLIP_LEN/CROP_SIZE/K), called as
+    ``model(blur (B,T,3,H,W), spike_vox (B,T,K,H,W)) -> (B,T,3,H,W)``; the backbone is ``model.vrt``."""
+    vrt_kwargs, spike_res_blocks = vrt_arguments(cfg)
+    use_spike = bool(cfg.MODEL.USE_SPIKE)
+    channels = _spike_channels(cfg, vrt_kwargs["embed_dims"]) if use_spike else []
+    m = cfg.MODEL
+    return VRTWithSpike(
+        VRT(**vrt_kwargs), spike_bins=cfg.DATA.K, channels_per_scale=channels, use_spike=use_spike,
+        spike_res_blocks=spike_res_blocks,
+        tsa=dict(heads=m.SPIKE_TSA.HEADS, mlp_ratio=m.SPIKE_TSA.MLP_RATIO, chunk_pixels=m.SPIKE_TSA.CHUNK_PIXELS),
+        fuse=dict(heads=m.FUSE.HEADS, mlp_ratio=m.FUSE.MLP_RATIO, chunk_pixels=m.FUSE.CHUNK_PIXELS))

@@ -1,0 +1,78 @@
+"""Spike branch: a 3-D convolutional pyramid over the voxel clip, then temporal self attention at each scale.
+
+The encoder treats the K voxel bins as channels and (T, H, W) as a 3-D volume, so time keeps its length and
+every scale lines up frame by frame with the VRT encoder stages 1-4 (full, 1/2, 1/4, 1/8 resolution).
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+from torch import nn
+
+from ds_deblur.models.fusion import TemporalAttnBlock
+
+
+def _conv3(c_in: int, c_out: int, spatial_stride: int = 1) -> nn.Conv3d:
+    return nn.Conv3d(c_in, c_out, kernel_size=3, stride=(1, spatial_stride, spatial_stride), padding=1)
+
+
+class ResidualBlock3D(nn.Module):
+    """conv3 -> ReLU -> conv3, plus identity, then ReLU."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.conv1 = _conv3(channels, channels)
+        self.conv2 = _conv3(channels, channels)
+        self.act = nn.ReLU(inplace=True)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.act(x + self.conv2(self.act(self.conv1(x))))
+
+
+def _res_stack(channels: int, num_blocks: int) -> nn.Sequential:
+    return nn.Sequential(*(ResidualBlock3D(channels) for _ in range(num_blocks)))
+
+
+class SpikeEncoder3D(nn.Module):
+    """Voxel clip ``(B, T, K, H, W)`` -> features ``[(B, C_i, T, ceil(H/2^i), ceil(W/2^i)) for i in 0..3]``.
+
+    Scale 0: conv3 K->C_0 + ReLU and ``num_res_blocks`` residual blocks. Each further scale: a stride-(1,2,2)
+    conv3 C_{i-1}->C_i + ReLU, then ``num_res_blocks`` residual blocks. Time is never strided.
+    """
+
+    def __init__(self, in_bins: int, channels_per_scale: Sequence[int], num_res_blocks: int = 2) -> None:
+        super().__init__()
+        chans = list(channels_per_scale)
+        self.in_bins = in_bins
+        self.in_proj = _conv3(in_bins, chans[0])
+        self.res0 = _res_stack(chans[0], num_res_blocks)
+        self.downs = nn.ModuleList(_conv3(c_in, c_out, spatial_stride=2) for c_in, c_out in zip(chans, chans[1:]))
+        self.residuals = nn.ModuleList(_res_stack(c, num_res_blocks) for c in chans[1:])
+        self.act = nn.ReLU(inplace=True)
+
+    def forward(self, spike_vox: torch.Tensor) -> list[torch.Tensor]:
+        if spike_vox.dim() != 5 or spike_vox.shape[2] != self.in_bins:
+            raise ValueError(f"spike_vox must be (B, T, K={self.in_bins}, H, W), got {tuple(spike_vox.shape)}; "
+                             "DATA.K must match the voxel files")
+        x = self.res0(self.act(self.in_proj(spike_vox.transpose(1, 2))))
+        feats = [x]
+        for down, res in zip(self.downs, self.residuals):
+            x = res(self.act(down(x)))
+            feats.append(x)
+        return feats
+
+
+class SpikeTemporalSA(nn.Module):
+    """One per-pixel temporal self-attention block per scale (pre-LayerNorm, MHA, GELU feed-forward)."""
+
+    def __init__(self, channels_per_scale: Sequence[int], heads: int = 4, mlp_ratio: float = 2.0,
+                 chunk_pixels: int = 16384) -> None:
+        super().__init__()
+        self.blocks = nn.ModuleList(
+            TemporalAttnBlock(c, heads, mlp_ratio, chunk_pixels, cross=False) for c in channels_per_scale)
+
+    def forward(self, feats: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+        if len(feats) != len(self.blocks):
+            raise ValueError(f"expected {len(self.blocks)} spike scales, got {len(feats)}")
+        return [block(f) for block, f in zip(self.blocks, feats)]

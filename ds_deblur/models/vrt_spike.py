@@ -1,0 +1,51 @@
+"""VRT with the spike branch fused after encoder stages 1-4 through the backbone's ``stage_hook``."""
+from __future__ import annotations
+
+from typing import Any, Optional, Sequence
+
+import torch
+from torch import nn
+
+from ds_deblur.models.fusion import TemporalCrossAttnFuse
+from ds_deblur.models.spike import SpikeEncoder3D, SpikeTemporalSA
+
+
+class VRTWithSpike(nn.Module):
+    """``model(blur (B,T,3,H,W), spike_vox (B,T,K,H,W)) -> (B,T,3,H,W)``.
+
+    Spike voxels -> SpikeEncoder3D -> SpikeTemporalSA give one feature per scale; after VRT encoder stage i
+    the RGB feature (queries) is fused with spike feature i (keys/values) by ``cross_attn_fuse[i]``. With
+    ``use_spike=False`` the spike modules are not built and ``spike_vox`` is ignored: plain VRT. The backbone
+    stays the submodule ``vrt`` so official VRT weights load into ``model.vrt`` unchanged.
+    """
+
+    def __init__(self, vrt: nn.Module, spike_bins: int, channels_per_scale: Sequence[int], use_spike: bool = True,
+                 spike_res_blocks: int = 2, tsa: Optional[dict[str, Any]] = None,
+                 fuse: Optional[dict[str, Any]] = None) -> None:
+        super().__init__()
+        self.vrt = vrt
+        self.use_spike = use_spike
+        if not use_spike:
+            return
+        self.spike_encoder = SpikeEncoder3D(spike_bins, channels_per_scale, num_res_blocks=spike_res_blocks)
+        self.spike_temporal_sa = SpikeTemporalSA(channels_per_scale, **(tsa or {}))
+        self.cross_attn_fuse = nn.ModuleList(TemporalCrossAttnFuse(c, **(fuse or {})) for c in channels_per_scale)
+
+    @property
+    def size_multiple(self) -> int:
+        """H and W must be multiples of this (pad first, as ds_deblur.tiling does): VRT's coarsest window."""
+        return max(self.vrt.required_multiple)
+
+    def forward(self, blur: torch.Tensor, spike_vox: torch.Tensor) -> torch.Tensor:
+        if not self.use_spike:
+            return self.vrt(blur)
+        b, t, _, h, w = blur.shape
+        if spike_vox.dim() != 5 or spike_vox.shape[:2] != (b, t) or spike_vox.shape[3:] != (h, w):
+            raise ValueError(f"spike_vox {tuple(spike_vox.shape)} must be (B, T, K, H, W) matching blur "
+                             f"{tuple(blur.shape)} in B, T, H, W")
+        spike_feats = self.spike_temporal_sa(self.spike_encoder(spike_vox))
+
+        def fuse_after_stage(i: int, feat: torch.Tensor) -> torch.Tensor:
+            return self.cross_attn_fuse[i](feat, spike_feats[i])
+
+        return self.vrt(blur, stage_hook=fuse_after_stage)
