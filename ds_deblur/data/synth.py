@@ -43,8 +43,8 @@ class SynthConfig:
     subframes: int = 32
     threshold: float = 2.0
     # Speeds in pixels per exposure at a 96-pixel frame (scaled with the frame size).
-    camera_speed: tuple[float, float] = (3.0, 7.0)
-    object_speed: tuple[float, float] = (4.0, 10.0)
+    camera_speed: tuple[float, float] = (6.0, 12.0)
+    object_speed: tuple[float, float] = (8.0, 16.0)
     objects: tuple[int, int] = (3, 5)
 
     def sensor_size(self) -> tuple[int, int]:
