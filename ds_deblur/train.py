@@ -65,6 +65,7 @@ def parse_args(argv: Optional[list] = None) -> argparse.Namespace:
 class StepStats:
     """What one optimizer step did, summed over its micro-batches and agreed on by every rank."""
     micro: int = 0
+    lr: float = 0.0
     loss: float = 0.0
     parts: Optional[dict] = None
     nonfinite: bool = False
@@ -180,6 +181,8 @@ class Trainer:
         stats, started = StepStats(), time.perf_counter()
         for batch, waited in _timed(self.train_loader):
             boundary = self.engine.is_gradient_accumulation_boundary()
+            if boundary:
+                stats.lr = self.engine.get_lr()[0]  # the LR this step uses (engine.step advances the schedule)
             self._micro_step(batch, stats, accum)
             stats.data_time += waited
             if not boundary:
@@ -229,7 +232,7 @@ class Trainer:
         grad_norm = float(grad_norm) if grad_norm is not None and applied else None
         samples = self.cfg.TRAIN.BATCH_SIZE * self.cfg.TRAIN.GRADIENT_ACCUMULATION_STEPS * self.world
         record = {"step": self.state.step, "epoch": self.state.epoch, "loss": stats.loss,
-                  "lr": self.engine.get_lr()[0], "loss_scale": scale, "grad_norm": grad_norm,
+                  "lr": stats.lr, "loss_scale": scale, "grad_norm": grad_norm,
                   "skipped": int(self.engine.skipped_steps)}
         scalars = {}
         if self.state.step % self.cfg.LOG.LOG_EVERY_STEPS == 0 or self.state.step == 1:

@@ -63,3 +63,76 @@ def test_fp32_zero_stages_train_validate_and_log(data, tmp_path, stage):
     cfg = config_for(data, out)
     assert fixed_batch_loss(cfg, single["state_dict"]) < fixed_batch_loss(cfg, None)  # it learned
     assert "Final validation PSNR" in proc.stdout and "vs blurry input" in proc.stdout
+
+
+@pytest.mark.dist
+@pytest.mark.slow
+def test_fp16_overflow_is_skipped_and_training_continues(data, tmp_path):
+    out = tmp_path / "run"
+    # A modest initial scale (2^8) so that only the injected overflow overflows.
+    fp16 = {"enabled": True, "loss_scale": 0, "initial_scale_power": 8, "hysteresis": 1, "min_loss_scale": 1,
+            "loss_scale_window": 1000}
+    proc = run_train(data, out, ds_json(tmp_path, "ds_configs/zero2_fp16.json", fp16=fp16),
+                     env={"DS_DEBLUR_ALLOW_CPU_FP16": "1", "DS_DEBLUR_INJECT_NONFINITE": "2"})
+    assert proc.returncode == 0, output_of(proc)
+    log = check_run(out, 4, [2, 4])
+    assert [r["skipped"] for r in log] == [0, 1, 1, 1]
+    assert [r["loss_scale"] for r in log] == [256.0, 128.0, 128.0, 128.0]  # halved by the overflow
+    assert log[1]["grad_norm"] is None and log[2]["grad_norm"] is not None
+    assert log[2]["lr"] == log[1]["lr"]  # the schedule does not advance on a skipped step
+    weights = torch.load(out / "ckpts/last.pth", weights_only=True)["state_dict"]
+    assert all(torch.isfinite(w).all() for w in weights.values())
+
+
+@pytest.mark.dist
+@pytest.mark.slow
+def test_bf16_nonfinite_loss_skips_the_step_on_every_rank_with_accumulation(data, tmp_path):
+    # 2 train sequences x 4 clips = 8 clips, 4 per rank per epoch: 3 micro-batches per step does not divide it.
+    out = tmp_path / "run"
+    proc = run_train(data, out, "ds_configs/zero2_bf16.json", sets=["TRAIN.GRADIENT_ACCUMULATION_STEPS=3"],
+                     env={"DS_DEBLUR_INJECT_NONFINITE": "3"})
+    assert proc.returncode == 0, output_of(proc)
+    log = check_run(out, 4, [2, 4])
+    assert [r["skipped"] for r in log] == [0, 0, 1, 1]
+    # 4 batches per rank and epoch, 3 per step: steps straddle epochs (step 2 ends in epoch 1, step 3 in epoch 2)
+    assert [r["epoch"] for r in log] == [0, 1, 2, 2]
+    assert log[3]["lr"] == log[2]["lr"]
+
+
+@pytest.mark.dist
+@pytest.mark.slow
+def test_fp16_stuck_at_minimum_scale_saves_and_stops(data, tmp_path):
+    out = tmp_path / "run"
+    fp16 = {"enabled": True, "loss_scale": 0, "initial_scale_power": 1, "hysteresis": 1, "min_loss_scale": 1,
+            "loss_scale_window": 1000}
+    proc = run_train(data, out, ds_json(tmp_path, "ds_configs/zero2_fp16.json", fp16=fp16),
+                     sets=["TRAIN.TOTAL_STEPS=8", "TRAIN.MIN_LOSS_SCALE_PATIENCE=2", "LOG.SAVE_EVERY_STEPS=100"],
+                     env={"DS_DEBLUR_ALLOW_CPU_FP16": "1", "DS_DEBLUR_INJECT_NONFINITE": "1,2,3,4,5,6,7,8"})
+    assert proc.returncode == 3, output_of(proc)
+    assert "loss scale has sat at its minimum" in proc.stdout
+    assert (out / "ckpts/step_000002/COMMIT.json").is_file()
+    assert [r["step"] for r in read_train_log(out)] == [1, 2]
+
+
+def run_script(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "ds_deblur/train.py", *args], cwd=REPO, capture_output=True, text=True,
+                          timeout=300)
+
+
+def test_script_help_runs_with_the_stdlib_unshadowed():
+    # ds_deblur/inspect.py must not shadow the standard library's inspect when run as a script.
+    proc = run_script("--help")
+    assert proc.returncode == 0, proc.stderr
+    assert "--deepspeed_config" in proc.stdout and "--resume" in proc.stdout and "--stop-at-step" in proc.stdout
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--config", "missing.yaml", "--deepspeed_config", "ds_configs/cpu_fp32.json"], "Config file not found"),
+    (["--config", "ds_configs/tiny_synth.yaml", "--deepspeed_config", "ds_configs/cpu_fp32.json",
+      "--set", "TRAIN.LRR=1"], "did you mean TRAIN.LR"),
+    (["--config", "ds_configs/tiny_synth.yaml", "--deepspeed_config", "nope.json"], "DeepSpeed config not found"),
+    (["--config", "ds_configs/tiny_synth.yaml"], "--deepspeed_config is required"),
+])
+def test_bad_command_lines_exit_nonzero_with_a_message(args, message):
+    proc = run_script(*args)
+    assert proc.returncode == 2 and message in proc.stderr, proc.stderr[-3000:]

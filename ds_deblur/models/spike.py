@@ -13,8 +13,19 @@ from torch import nn
 from ds_deblur.models.fusion import TemporalAttnBlock
 
 
+class _Conv3d(nn.Conv3d):
+    """Conv3d that computes in fp32 when given bf16/fp16 on CPU: PyTorch's CPU bf16 Conv3d kernel returns
+    non-finite weight gradients for some shapes (seen on torch 2.13). GPUs use the native kernel."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.device.type != "cpu" or x.dtype == torch.float32:
+            return super().forward(x)
+        bias = None if self.bias is None else self.bias.float()
+        return self._conv_forward(x.float(), self.weight.float(), bias).to(x.dtype)
+
+
 def _conv3(c_in: int, c_out: int, spatial_stride: int = 1) -> nn.Conv3d:
-    return nn.Conv3d(c_in, c_out, kernel_size=3, stride=(1, spatial_stride, spatial_stride), padding=1)
+    return _Conv3d(c_in, c_out, kernel_size=3, stride=(1, spatial_stride, spatial_stride), padding=1)
 
 
 class ResidualBlock3D(nn.Module):

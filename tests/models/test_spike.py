@@ -63,3 +63,12 @@ def test_temporal_sa_attends_over_time_within_a_pixel_only():
 def test_temporal_sa_rejects_wrong_scale_count():
     with pytest.raises(ValueError, match="expected 2 spike scales"):
         SpikeTemporalSA([4, 4])([torch.randn(1, 4, 2, 2, 2)])
+
+
+def test_bf16_encoder_gradients_are_finite_on_cpu():
+    # PyTorch's CPU bf16 Conv3d returns non-finite weight gradients when strided; the encoder works around it.
+    encoder = SpikeEncoder3D(4, [16, 16, 16, 16], num_res_blocks=1).to(torch.bfloat16)
+    feats = encoder(torch.randn(1, 2, 4, 32, 32, dtype=torch.bfloat16))
+    sum(f.float().square().mean() for f in feats).backward()
+    for name, param in encoder.named_parameters():
+        assert torch.isfinite(param.grad).all(), name
