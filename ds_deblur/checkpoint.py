@@ -26,6 +26,7 @@ import torch
 import torch.distributed as dist
 
 from ds_deblur import distributed
+from ds_deblur.single_file import fsync_path, write_atomic
 
 COMMIT = "COMMIT.json"
 LATEST = "latest"
@@ -74,7 +75,7 @@ def save(engine: Any, ckpt_dir: Path, tag: str, client_state: dict) -> None:
 def _commit(tag_dir: Path, tag: str, client_state: dict) -> None:
     files = {}
     for path in sorted(p for p in tag_dir.rglob("*") if p.is_file()):
-        _fsync_file(path)
+        fsync_path(path)
         files[str(path.relative_to(tag_dir))] = path.stat().st_size
     marker = {"tag": tag, "step": client_state["step"], "world_size": client_state["world_size"], "files": files}
     atomic_write_text(tag_dir / COMMIT, json.dumps(marker, indent=1))
@@ -87,7 +88,7 @@ def _swap_in(ckpt_dir: Path, staging: str, tag: str) -> None:
         shutil.rmtree(old)
     os.replace(ckpt_dir / tag, old)
     os.replace(ckpt_dir / staging, ckpt_dir / tag)
-    _fsync_dir(ckpt_dir)
+    fsync_path(ckpt_dir)
     shutil.rmtree(old)
 
 
@@ -96,26 +97,7 @@ def write_latest(ckpt_dir: Path, tag: str) -> None:
 
 
 def atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    with open(tmp, "w") as handle:
-        handle.write(text)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
-    _fsync_dir(path.parent)
-
-
-def _fsync_file(path: Path) -> None:
-    with open(path, "rb") as handle:
-        os.fsync(handle.fileno())
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    write_atomic(path, lambda tmp: tmp.write_text(text))
 
 
 def retain(ckpt_dir: Path, keep_last: int) -> list[str]:

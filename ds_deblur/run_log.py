@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import resource
 from pathlib import Path
-from typing import Any, Optional
+from typing import Optional
 
 import numpy as np
 import torch

@@ -50,16 +50,17 @@ def write_atomic(path: Union[str, Path], write: Callable[[Path], None]) -> Path:
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
         write(tmp)
-        _fsync(tmp)
+        fsync_path(tmp)
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
     # The rename itself is only durable once the directory entry is on disk.
-    _fsync(path.parent)
+    fsync_path(path.parent)
     return path
 
 
-def _fsync(path: Path) -> None:
+def fsync_path(path: Path) -> None:
+    """Flush a file, or a directory's entries, to disk."""
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)

@@ -1,4 +1,4 @@
-"""``python -m ds_deblur.inspect`` on a checkpoint directory, a tag and single files (tags from test_convert)."""
+"""``python -m ds_deblur.inspect`` on a checkpoint directory, a tag and single files (tags from tests/tag_factory.py)."""
 from __future__ import annotations
 
 import json
@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from test_convert import REPO, Toy, reference, tags  # noqa: F401  (tags: the session fixture writing real tags)
+from tag_factory import REPO, Toy, reference
 
 NUMEL = sum(t.numel() for t in Toy().state_dict().values())
 

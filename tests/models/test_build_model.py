@@ -8,15 +8,6 @@ TINY_WIDTHS = [16, 16, 16, 16]
 TINY_PARAMS = 1_863_827  # with K=32; SpyNet alone is 1,440,300
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # These tiny convolutions gain nothing from a second thread, and on a busy 2-core machine the spin-waiting
-    # OpenMP workers make each forward ~10x slower.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 def _cfg(*overrides: str, preset: str = "tiny", k: int = 4, clip_len: int = 3):
     sets = [f"MODEL.PRESET={preset}", f"DATA.K={k}", f"DATA.CLIP_LEN={clip_len}"]

@@ -18,14 +18,6 @@ TINY = dict(upscale=1, window_size=(2, 8, 8), depths=(4,) * 7 + (2, 2), indep_re
             embed_dims=(8,) * 7 + (12, 12), num_heads=(2,) * 9, mul_attn_ratio=0.5, deformable_groups=2)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # The tiny model is launch-bound; extra threads only oversubscribe the shared CI cores.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 def tiny_vrt(seed: int = 0, **overrides) -> VRT:
     torch.manual_seed(seed)
