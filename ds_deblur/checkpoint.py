@@ -206,9 +206,10 @@ def load(engine: Any, ckpt_dir: Path, tag: str, load_optimizer: bool = True) -> 
                               f"this ds_deblur reads format {FORMAT_VERSION}")
     rank = dist.get_rank() if dist.is_initialized() else 0
     rng_file = Path(ckpt_dir) / tag / f"rng_rank{rank}.pt"
-    if load_optimizer and state["world_size"] == (dist.get_world_size() if dist.is_initialized() else 1):
+    same_world = state["world_size"] == (dist.get_world_size() if dist.is_initialized() else 1)
+    if load_optimizer and same_world:
         _load_rng(rng_file)
-    return state
+    return {**state, "rng_restored": load_optimizer and same_world}
 
 
 def _save_rng(tag_dir: Path, rank: int) -> None:
@@ -300,3 +301,86 @@ def check_config_change(old: dict, new: dict, old_world: int, new_world: int, wa
     if old_world != new_world:
         warn(f"[train] world size changed {old_world} -> {new_world}: the data order continues unchanged, "
              f"split over {new_world} ranks")
+
+
+# --- resuming from a single file (any world size, any ZeRO stage) ----------------------------------------------
+
+def is_single_file_path(resume: str) -> bool:
+    return Path(resume).suffix == ".pth"
+
+
+def read_single(path: Path) -> dict:
+    """A last.pth/best.pth for ``--resume`` (weights-only unpickling); a missing file is 'Checkpoint not found'."""
+    from ds_deblur.single_file import load_single_file
+    if not Path(path).is_file():
+        raise CheckpointError(f"Checkpoint not found: {path}")
+    return load_single_file(path)
+
+
+def load_single(engine: Any, ckpt: dict, load_optimizer: bool = True) -> dict:
+    """Restore a single-file checkpoint into an initialised engine, whatever its world size and ZeRO stage.
+
+    The module must already hold ``ckpt['state_dict']`` (load it before ``deepspeed.initialize``, so every
+    stage's low-precision copies and ZeRO-3 partitions start from it); this sets the fp32 masters exactly, the
+    Adam moments and step, the LR schedule, the loss scaler and the engine's counters. Returns our state."""
+    weights = ckpt["state_dict"]
+    params = list(engine.module.named_parameters())
+    for name, param in params:
+        _set_full(param, weights[name])
+    meta = ckpt["meta"]
+    if load_optimizer:
+        moments = ckpt["optimizer"]["state"]
+        _prepare_adam_state(engine, max(float(s["step"]) for s in moments.values()))
+        for index, (_, param) in enumerate(params):
+            for key in ("exp_avg", "exp_avg_sq"):
+                _set_full(param, moments[index][key], key)
+        engine.lr_scheduler.load_state_dict(ckpt["scheduler"])
+        for group, lr in zip(engine.optimizer.param_groups, engine.lr_scheduler.get_last_lr()):
+            group["lr"] = lr  # load_state_dict restores the schedule's position, not the optimizer's LR
+        _set_loss_scaler(engine, meta.get("loss_scaler"))
+        engine.global_steps = int(meta.get("global_steps") or ckpt["step"])
+        engine.skipped_steps = int(meta.get("skipped_steps") or 0)
+    return {"step": ckpt["step"], "epoch": ckpt["epoch"], "best_psnr": ckpt["best_psnr"],
+            "best_step": meta.get("best_step") or 0, "data": meta["data"], "config": ckpt["config"],
+            "world_size": meta["world_size"], "rng_restored": False}
+
+
+def _set_full(param: torch.nn.Parameter, value: torch.Tensor, key: Optional[str] = None) -> None:
+    """Write a whole fp32 tensor (the weights, or optimizer state ``key``) into ZeRO's partitions of ``param``."""
+    from deepspeed.utils import (safe_set_full_fp32_param, safe_set_full_optimizer_state,
+                                 safe_set_local_fp32_param, safe_set_local_optimizer_state)
+    value = value.float()
+    if not hasattr(param, "ds_id"):  # ZeRO 1/2
+        safe_set_full_fp32_param(param, value) if key is None else safe_set_full_optimizer_state(param, value, key)
+        return
+    # ZeRO-3: DeepSpeed's full setter does not pad the last rank's share, so cut this rank's share ourselves.
+    share = param.ds_tensor.ds_numel
+    piece = value.flatten()[dist.get_rank() * share:(dist.get_rank() + 1) * share]
+    piece = torch.nn.functional.pad(piece, (0, share - piece.numel()))
+    safe_set_local_fp32_param(param, piece) if key is None else safe_set_local_optimizer_state(param, piece, key)
+
+
+def _prepare_adam_state(engine: Any, step: float) -> None:
+    """Create AdamW's state on ZeRO's flat fp32 partitions as torch would at its first step (it is lazy), with
+    the saved step count, and link it to the parameters, so the moments can be written before training."""
+    base = getattr(engine.optimizer, "optimizer", engine.optimizer)
+    flats = getattr(engine.optimizer, "fp32_partitioned_groups_flat", None)  # ZeRO-3 keys its state by these
+    if flats is None:
+        flats = [flat for group in base.param_groups for flat in group["params"]]
+    for flat in flats:
+        state = base.state[flat]
+        state.setdefault("exp_avg", torch.zeros_like(flat))
+        state.setdefault("exp_avg_sq", torch.zeros_like(flat))
+        state["step"] = torch.tensor(step, dtype=torch.float32)
+    if hasattr(engine.optimizer, "_lazy_init_hp_params_optimizer_state"):  # ZeRO 1/2: DeepSpeed links after step 1
+        engine.optimizer._hp_optimizer_states_linked = False
+        engine.optimizer._lazy_init_hp_params_optimizer_state()
+
+
+def _set_loss_scaler(engine: Any, values: Optional[dict]) -> None:
+    scaler = getattr(engine.optimizer, "loss_scaler", None)
+    if values is None or scaler is None or not engine.fp16_enabled():
+        return
+    for key in ("cur_scale", "cur_iter", "last_overflow_iter", "cur_hysteresis"):
+        if key in values and hasattr(scaler, key):
+            setattr(scaler, key, values[key])

@@ -95,16 +95,28 @@ class Trainer:
         self.total_steps = self._total_steps()
         from ds_deblur.validate import input_metrics
         self.input_metrics = input_metrics(self.val_loader)
-        self.resume_from = checkpoint.resolve_resume(args.resume, self.save_dir) if args.resume else None
+        self.single = None
+        if args.resume and checkpoint.is_single_file_path(args.resume):
+            self.single = checkpoint.read_single(Path(args.resume))
+            self.resume_from = None
+        else:
+            self.resume_from = checkpoint.resolve_resume(args.resume, self.save_dir) if args.resume else None
         model = build_model(self.cfg)
         if args.init_weights:
             self._init_weights(model, args.init_weights)
+        if self.single is not None:
+            model.load_state_dict(self.single["state_dict"])  # before initialize: every stage starts from it
         self.multiple = model.size_multiple
         self.loss_fn = DeblurLoss.from_config(self.cfg).to(distributed.device())
         self.engine = eng.initialize(model, self.cfg, self.ds, self.total_steps)
         self.state = checkpoint.TrainState()
-        if self.resume_from:
-            self._resume(*self.resume_from)
+        if self.single is not None:
+            self._say(f"[train] Loading checkpoint {args.resume}")
+            self._restore(checkpoint.load_single(self.engine, self.single, not args.reset_optimizer))
+        elif self.resume_from:
+            ckpt_dir, tag = self.resume_from
+            self._say(f"[train] Loading checkpoint {ckpt_dir / tag}")
+            self._restore(checkpoint.load(self.engine, ckpt_dir, tag, load_optimizer=not args.reset_optimizer))
         elif args.resume == "auto":
             self._say("[train] --resume auto: no complete checkpoint under "
                       f"{self.ckpt_dir}, starting a fresh run")
@@ -129,10 +141,9 @@ class Trainer:
         what = load_weights(model, path)
         self._say(f"[train] Initialised weights from {path} ({what}); new run from step 0")
 
-    def _resume(self, ckpt_dir: Path, tag: str) -> None:
+    def _restore(self, saved: dict) -> None:
+        """Adopt a loaded checkpoint's counters and data position, and say what was restored."""
         from ds_deblur import checkpoint
-        self._say(f"[train] Loading checkpoint {ckpt_dir / tag}")
-        saved = checkpoint.load(self.engine, ckpt_dir, tag, load_optimizer=not self.args.reset_optimizer)
         checkpoint.check_config_change(saved["config"], self.cfg.to_dict(), saved["world_size"], self.world,
                                        warn=self._say)
         self.state = checkpoint.TrainState(saved["step"], saved["epoch"], saved["best_psnr"], saved["best_step"])
@@ -149,8 +160,9 @@ class Trainer:
             self._say("[train] ✓ LR scheduler state loaded")
             if self.precision == "fp16":
                 self._say("[train] ✓ Loss scaler state loaded")
-            self._say("[train] ✓ RNG state loaded" if saved["world_size"] == self.world
-                      else "[train] RNG state not restored: the world size changed")
+            self._say("[train] ✓ RNG state loaded" if saved["rng_restored"] else
+                      "[train] RNG state not restored (world size changed, or a single file): data order and "
+                      "augmentation still continue exactly; only random model ops (drop path) differ")
         self._say(f"[train] ✓ Data position: epoch {saved['data']['epoch']}, sample {saved['data']['position']}"
                   + ("" if same_batch else " (batch layout changed: the remaining order is the same, "
                                            "grouped into different batches)"))

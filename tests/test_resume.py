@@ -36,3 +36,38 @@ def test_resume_mid_epoch_is_exact(data, tmp_path, stage):
     assert read_train_log(pieces) == read_train_log(straight)  # losses, LR, grad norms: bitwise
     a, b = weights(straight), weights(pieces)
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.mark.dist
+@pytest.mark.slow
+@pytest.mark.parametrize("stage, ranks", [(3, 2), (2, 1)])
+def test_resume_from_last_pth_on_another_stage_or_world_size(data, tmp_path, stage, ranks):
+    # Saved on 2 ranks with ZeRO 1, resumed from the single file with another ZeRO stage / world size.
+    sets = ["TRAIN.TOTAL_STEPS=6", "TRAIN.VAL_EVERY_STEPS=2", "LOG.SAVE_EVERY_STEPS=2"]
+    straight, pieces = tmp_path / "straight", tmp_path / "pieces"
+    first = ds_json(tmp_path, "ds_configs/cpu_fp32.json", 1)
+    proc = run_train(data, straight, first, sets)
+    assert proc.returncode == 0, output_of(proc)
+    proc = run_train(data, pieces, first, sets, extra=["--stop-at-step", "3"])
+    assert proc.returncode == 0, output_of(proc)
+    later = ds_json(tmp_path, "ds_configs/cpu_fp32.json", stage)
+    proc = run_train(data, pieces, later, sets, ranks=ranks, extra=["--resume", str(pieces / "ckpts/last.pth")])
+    assert proc.returncode == 0, output_of(proc)
+    assert "Resuming from step 3 (epoch 0)" in proc.stdout
+    a, b = read_train_log(straight), read_train_log(pieces)
+    assert [r["step"] for r in b] == list(range(1, 7))
+    assert [r["lr"] for r in b] == [r["lr"] for r in a]  # the schedule continues where it was
+    if ranks == 2:  # same world size: the same samples per step, so the same training up to float rounding
+        for x, y in zip(a[3:], b[3:]):
+            assert y["loss"] == pytest.approx(x["loss"], rel=1e-5)
+        wa, wb = weights(straight), weights(pieces)
+        assert all(torch.allclose(wa[k], wb[k], rtol=1e-4, atol=1e-6) for k in wa)
+    else:  # 1 rank takes half the samples per step: the epoch's remaining order continues on one rank
+        assert [r["epoch"] for r in b[3:]] == [0, 0, 1]  # samples 7 and 8 of epoch 0, then epoch 1
+        assert all(torch.isfinite(w).all() for w in weights(pieces).values())
+
+
+def test_missing_checkpoint_is_an_error_not_a_fresh_start(data, tmp_path):
+    for target in (tmp_path / "nope", tmp_path / "nope.pth"):
+        proc = run_train(data, tmp_path / "run", sets=[], ranks=0, extra=["--resume", str(target)])
+        assert proc.returncode == 2 and f"Checkpoint not found: {target}" in proc.stderr, output_of(proc)

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from torch import nn
+
 from ds_deblur.models.vrt import VRT
 from ds_deblur.models.vrt_spike import VRTWithSpike
 
@@ -22,7 +24,7 @@ def _tiny(clip_len: int, crop: int) -> dict[str, Any]:
     # Small enough for a DeepSpeed demo on 2 CPU ranks (64x64 crops, a few frames): 8 stages of width 16.
     return dict(img_size=[clip_len, crop, crop], window_size=[2, 8, 8], depths=[2] * 7 + [2],
                 indep_reconsts=[7], embed_dims=[16] * 8, num_heads=[2] * 8, pa_frames=2, deformable_groups=4,
-                drop_path_rate=0.0, spike_res_blocks=1)
+                drop_path_rate=0.0, spike_res_blocks=1, identity_init=True)
 
 
 def _base(clip_len: int, crop: int) -> dict[str, Any]:
@@ -42,13 +44,18 @@ def _vrt_gopro(clip_len: int, crop: int) -> dict[str, Any]:
 PRESETS = {"tiny": _tiny, "base": _base, "vrt_gopro": _vrt_gopro}
 
 
-def vrt_arguments(cfg: Any) -> tuple[dict[str, Any], int]:
-    """The VRT constructor arguments for ``cfg`` (preset + MODEL.VRT overrides) and the spike residual depth."""
+# Preset entries that are not VRT constructor arguments.
+_BUILD_OPTIONS = {"spike_res_blocks": 2, "identity_init": False}
+
+
+def vrt_arguments(cfg: Any) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The VRT constructor arguments for ``cfg`` (preset + MODEL.VRT overrides) and the preset's build options
+    (``spike_res_blocks``: residual depth of the spike encoder; ``identity_init``: start as the identity)."""
     model_cfg = cfg.MODEL
     if model_cfg.PRESET not in PRESETS:
         raise ValueError(f"MODEL.PRESET={model_cfg.PRESET!r} is not a preset; choose one of {', '.join(PRESETS)}")
     kwargs = PRESETS[model_cfg.PRESET](cfg.DATA.CLIP_LEN, cfg.DATA.CROP_SIZE)
-    spike_res_blocks = kwargs.pop("spike_res_blocks")
+    options = {key: kwargs.pop(key, default) for key, default in _BUILD_OPTIONS.items()}
     for key, arg in _VRT_OVERRIDES.items():
         value = getattr(model_cfg.VRT, key)
         if value is not None:
@@ -56,7 +63,7 @@ def vrt_arguments(cfg: Any) -> tuple[dict[str, Any], int]:
     kwargs.update(upscale=1, in_chans=3, out_chans=3, spynet_path=model_cfg.VRT.SPYNET_PATH,
                   use_checkpoint_attn=model_cfg.VRT.USE_CHECKPOINT_ATTN,
                   use_checkpoint_ffn=model_cfg.VRT.USE_CHECKPOINT_FFN)
-    return kwargs, spike_res_blocks
+    return kwargs, options
 
 
 def _spike_channels(cfg: Any, embed_dims: list[int]) -> list[int]:
@@ -76,12 +83,18 @@ def _spike_channels(cfg: Any, embed_dims: list[int]) -> list[int]:
 def build_model(cfg: Any) -> VRTWithSpike:
     """The deblurring model described by ``cfg.MODEL`` (and DATA.CLIP_LEN/CROP_SIZE/K), called as
     ``model(blur (B,T,3,H,W), spike_vox (B,T,K,H,W)) -> (B,T,3,H,W)``; the backbone is ``model.vrt``."""
-    vrt_kwargs, spike_res_blocks = vrt_arguments(cfg)
+    vrt_kwargs, options = vrt_arguments(cfg)
     use_spike = bool(cfg.MODEL.USE_SPIKE)
     channels = _spike_channels(cfg, vrt_kwargs["embed_dims"]) if use_spike else []
     m = cfg.MODEL
+    vrt = VRT(**vrt_kwargs)
+    if options["identity_init"]:
+        # Short CPU runs (the demo) start as the identity, output = blurry input, so their few hundred steps go
+        # into deblurring rather than into undoing a random residual; the architecture is unchanged.
+        nn.init.zeros_(vrt.conv_last.weight)
+        nn.init.zeros_(vrt.conv_last.bias)
     return VRTWithSpike(
-        VRT(**vrt_kwargs), spike_bins=cfg.DATA.K, channels_per_scale=channels, use_spike=use_spike,
-        spike_res_blocks=spike_res_blocks,
+        vrt, spike_bins=cfg.DATA.K, channels_per_scale=channels, use_spike=use_spike,
+        spike_res_blocks=options["spike_res_blocks"],
         tsa=dict(heads=m.SPIKE_TSA.HEADS, mlp_ratio=m.SPIKE_TSA.MLP_RATIO, chunk_pixels=m.SPIKE_TSA.CHUNK_PIXELS),
         fuse=dict(heads=m.FUSE.HEADS, mlp_ratio=m.FUSE.MLP_RATIO, chunk_pixels=m.FUSE.CHUNK_PIXELS))

@@ -23,9 +23,23 @@ def _n_params(module: torch.nn.Module) -> int:
     return sum(p.numel() for p in module.parameters())
 
 
+def _moved_off_identity(model: torch.nn.Module) -> torch.nn.Module:
+    """The tiny preset starts as the identity (zero last conv); give that conv weights, as one step would."""
+    torch.nn.init.normal_(model.vrt.conv_last.weight, std=0.05)
+    return model
+
+
+def test_tiny_starts_as_the_identity():
+    model = build_model(_cfg()).eval()
+    blur, spike = _inputs()
+    with torch.no_grad():
+        assert torch.equal(model(blur, spike), blur)
+    assert build_model(_cfg(preset="base")).vrt.conv_last.weight.abs().sum() > 0  # other presets: official init
+
+
 def test_tiny_forward_shape_and_spike_matters():
     torch.manual_seed(0)
-    model = build_model(_cfg()).eval()
+    model = _moved_off_identity(build_model(_cfg()).eval())
     blur, spike = _inputs()
     with torch.no_grad():
         out = model(blur, spike)
@@ -49,7 +63,7 @@ def test_use_spike_false_is_plain_vrt_and_ignores_spike():
 
 def test_every_parameter_gets_a_gradient():
     torch.manual_seed(0)
-    model = build_model(_cfg()).eval()  # eval: no stochastic depth, which drops whole branches at random
+    model = _moved_off_identity(build_model(_cfg()).eval())  # eval: no stochastic depth (drops branches)
     blur, spike = _inputs(t=3)
     model(blur, spike).abs().mean().backward()
     assert [n for n, p in model.named_parameters() if p.grad is None or not torch.isfinite(p.grad).all()] == []
