@@ -16,6 +16,7 @@ import os
 import random
 import re
 import shutil
+import signal
 import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -33,6 +34,9 @@ LATEST = "latest"
 BEST = "best"
 STEP_TAG = re.compile(r"^step_(\d+)$")
 FORMAT_VERSION = 1
+# Fault injection for tests and the reliability suite: the tag at whose save the last rank SIGKILLs itself after
+# writing its files, before the commit (a crash in the middle of a save). Never set in real runs.
+KILL_IN_SAVE_ENV = "DS_DEBLUR_KILL_IN_SAVE"
 
 
 class CheckpointError(RuntimeError):
@@ -62,7 +66,10 @@ def save(engine: Any, ckpt_dir: Path, tag: str, client_state: dict) -> None:
         shutil.rmtree(ckpt_dir / staging)  # a leftover of an interrupted save: never complete
     distributed.barrier()
     engine.save_checkpoint(str(ckpt_dir), tag=staging, client_state={"ds_deblur": client_state}, save_latest=False)
-    _save_rng(ckpt_dir / staging, dist.get_rank() if dist.is_initialized() else 0)
+    rank = dist.get_rank() if dist.is_initialized() else 0
+    _save_rng(ckpt_dir / staging, rank)
+    if os.environ.get(KILL_IN_SAVE_ENV) == tag and rank == client_state["world_size"] - 1:
+        os.kill(os.getpid(), signal.SIGKILL)
     distributed.barrier()
     if distributed.is_main():
         _commit(ckpt_dir / staging, tag, client_state)

@@ -106,6 +106,8 @@ class AttnConfig:
 class ModelConfig:
     PRESET: str = doc("base", f"model preset: one of {', '.join(MODEL_PRESETS)}")
     USE_SPIKE: bool = doc(True, "fuse the spike branch; false = plain VRT (ablation)")
+    IDENTITY_INIT: Optional[bool] = doc(None, "start as the identity (zero last conv: output = blurry input); "
+                                              "null = the preset's (tiny: true, others: false, VRT's own init)")
     CHANNELS_PER_SCALE: Optional[list[int]] = doc(None, "spike encoder channels at scales 1, 1/2, 1/4, 1/8; "
                                                         "null = the preset's VRT widths of stages 1-4")
     VRT: VRTConfig = section(VRTConfig, "VRT backbone overrides")

@@ -71,3 +71,47 @@ def test_missing_checkpoint_is_an_error_not_a_fresh_start(data, tmp_path):
     for target in (tmp_path / "nope", tmp_path / "nope.pth"):
         proc = run_train(data, tmp_path / "run", sets=[], ranks=0, extra=["--resume", str(target)])
         assert proc.returncode == 2 and f"Checkpoint not found: {target}" in proc.stderr, output_of(proc)
+
+
+@pytest.mark.dist
+@pytest.mark.slow
+def test_sigterm_finishes_the_step_saves_and_exits_zero(data, tmp_path):
+    import os
+    import signal
+    import subprocess
+    import time
+
+    from train_utils import REPO, train_command
+    out = tmp_path / "run"
+    cmd = train_command(data, out, "ds_configs/cpu_fp32.json", ["TRAIN.TOTAL_STEPS=1000"], ranks=0)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    log = out / "metrics/train_log.jsonl"
+    deadline = time.time() + 300
+    while (not log.exists() or len(log.read_text().splitlines()) < 2) and time.time() < deadline:
+        time.sleep(0.5)
+    proc.send_signal(signal.SIGTERM)
+    stdout, stderr = proc.communicate(timeout=300)
+    assert proc.returncode == 0, stderr[-3000:]
+    assert "Stopped by signal after step" in stdout
+    last = read_train_log(out)[-1]["step"]
+    assert last < 1000 and (out / "ckpts/latest").read_text() == f"step_{last:06d}"
+    assert (out / f"ckpts/step_{last:06d}/COMMIT.json").is_file()
+
+
+@pytest.mark.dist
+@pytest.mark.slow
+def test_kill_during_a_save_leaves_latest_on_the_previous_complete_tag(data, tmp_path):
+    out = tmp_path / "run"
+    sets = ["TRAIN.TOTAL_STEPS=6", "TRAIN.VAL_EVERY_STEPS=100", "LOG.SAVE_EVERY_STEPS=2"]
+    proc = run_train(data, out, sets=sets, env={"DS_DEBLUR_KILL_IN_SAVE": "step_000004"})
+    assert proc.returncode != 0
+    ckpts = out / "ckpts"
+    assert (ckpts / "latest").read_text() == "step_000002"
+    assert not (ckpts / "step_000004/COMMIT.json").exists()
+    assert torch.load(ckpts / "last.pth", weights_only=True)["step"] == 2  # the single file is the good one too
+    proc = run_train(data, out, sets=sets, extra=["--resume", "auto"])
+    assert proc.returncode == 0, output_of(proc)
+    assert "skipping incomplete checkpoint" in proc.stderr and "step_000004" in proc.stderr
+    assert "Resuming from step 2" in proc.stdout
+    assert [r["step"] for r in read_train_log(out)] == list(range(1, 7))

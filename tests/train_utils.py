@@ -20,7 +20,7 @@ SYNTH = SynthConfig(seed=5, train_seqs=2, val_seqs=2, frames=5, size=(64, 64), s
 BASE_SETS = ["MODEL.PRESET=tiny", "DATA.K=4", "DATA.CLIP_LEN=2", "DATA.CROP_SIZE=64", "DATA.SPIKE_MEAN=0.2",
              "DATA.SPIKE_STD=0.4", "DATALOADER.NUM_WORKERS=0", "TRAIN.LR=2e-3", "TRAIN.WARMUP_STEPS=1",
              "TRAIN.TOTAL_STEPS=4", "TRAIN.VAL_EVERY_STEPS=2", "LOG.SAVE_EVERY_STEPS=2", "LOG.LOG_EVERY_STEPS=1",
-             "SEED=3"]
+             "SEED=3", "MODEL.IDENTITY_INIT=false"]  # from VRT's own init the loss visibly falls within steps
 
 
 def make_dataset(root: Path) -> Path:

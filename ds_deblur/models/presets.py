@@ -88,7 +88,8 @@ def build_model(cfg: Any) -> VRTWithSpike:
     channels = _spike_channels(cfg, vrt_kwargs["embed_dims"]) if use_spike else []
     m = cfg.MODEL
     vrt = VRT(**vrt_kwargs)
-    if options["identity_init"]:
+    identity = options["identity_init"] if m.IDENTITY_INIT is None else m.IDENTITY_INIT
+    if identity:
         # Short CPU runs (the demo) start as the identity, output = blurry input, so their few hundred steps go
         # into deblurring rather than into undoing a random residual; the architecture is unchanged.
         nn.init.zeros_(vrt.conv_last.weight)

@@ -35,6 +35,7 @@ def test_tiny_starts_as_the_identity():
     with torch.no_grad():
         assert torch.equal(model(blur, spike), blur)
     assert build_model(_cfg(preset="base")).vrt.conv_last.weight.abs().sum() > 0  # other presets: official init
+    assert build_model(_cfg("MODEL.IDENTITY_INIT=false")).vrt.conv_last.weight.abs().sum() > 0
 
 
 def test_tiny_forward_shape_and_spike_matters():
