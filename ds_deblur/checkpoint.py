@@ -200,11 +200,19 @@ def _checked(ckpt_dir: Path, tag: str) -> tuple[Path, str]:
 
 # --- loading --------------------------------------------------------------------------------------------------
 
-def load(engine: Any, ckpt_dir: Path, tag: str, load_optimizer: bool = True) -> dict:
-    """Load a tag into the engine (model, and unless told otherwise optimizer, LR schedule and loss scaler)
-    and this rank's RNG; returns our saved state (``client_state['ds_deblur']``)."""
-    path, client = engine.load_checkpoint(str(ckpt_dir), tag=tag, load_optimizer_states=load_optimizer,
-                                          load_lr_scheduler_states=load_optimizer, load_module_strict=True)
+def load(engine: Any, ckpt_dir: Path, tag: str) -> dict:
+    """Load a tag into the engine (model, optimizer, LR schedule, loss scaler) and this rank's RNG; returns our
+    saved state (``client_state['ds_deblur']``). Saved on another world size, DeepSpeed refuses it: resume from
+    the tag's single file (last.pth) instead."""
+    saved_world = json.loads((Path(ckpt_dir) / tag / COMMIT).read_text())["world_size"]
+    world = dist.get_world_size() if dist.is_initialized() else 1
+    if saved_world != world:
+        raise CheckpointError(
+            f"{Path(ckpt_dir) / tag} was saved on {saved_world} ranks and this run has {world}: resume from a single "
+            f"file instead, which fits any world size: python -m ds_deblur.convert {Path(ckpt_dir) / tag} --out "
+            f"{Path(ckpt_dir) / tag}.pth, then --resume {Path(ckpt_dir) / tag}.pth")
+    path, client = engine.load_checkpoint(str(ckpt_dir), tag=tag, load_optimizer_states=True,
+                                          load_lr_scheduler_states=True, load_module_strict=True)
     if path is None or client is None or "ds_deblur" not in client:
         raise CheckpointError(f"{Path(ckpt_dir) / tag} holds no ds_deblur state: not a checkpoint of this trainer")
     state = client["ds_deblur"]
@@ -213,10 +221,8 @@ def load(engine: Any, ckpt_dir: Path, tag: str, load_optimizer: bool = True) -> 
                               f"this ds_deblur reads format {FORMAT_VERSION}")
     rank = dist.get_rank() if dist.is_initialized() else 0
     rng_file = Path(ckpt_dir) / tag / f"rng_rank{rank}.pt"
-    same_world = state["world_size"] == (dist.get_world_size() if dist.is_initialized() else 1)
-    if load_optimizer and same_world:
-        _load_rng(rng_file)
-    return {**state, "rng_restored": load_optimizer and same_world}
+    _load_rng(rng_file)
+    return {**state, "rng_restored": True}
 
 
 def _save_rng(tag_dir: Path, rank: int) -> None:

@@ -18,7 +18,7 @@ import signal  # noqa: E402
 import time  # noqa: E402
 from dataclasses import dataclass  # noqa: E402
 from pathlib import Path  # noqa: E402
-from typing import Any, Iterator, Optional  # noqa: E402
+from typing import Any, Callable, Iterator, Optional  # noqa: E402
 
 import torch  # noqa: E402
 
@@ -95,31 +95,18 @@ class Trainer:
         self.total_steps = self._total_steps()
         from ds_deblur.validate import input_metrics
         self.input_metrics = input_metrics(self.val_loader)
-        self.single = None
-        if args.resume and checkpoint.is_single_file_path(args.resume):
-            self.single = checkpoint.read_single(Path(args.resume))
-            self.resume_from = None
-        else:
-            self.resume_from = checkpoint.resolve_resume(args.resume, self.save_dir) if args.resume else None
         model = build_model(self.cfg)
         if args.init_weights:
             self._init_weights(model, args.init_weights)
-        if self.single is not None:
-            model.load_state_dict(self.single["state_dict"])  # before initialize: every stage starts from it
+        restore = self._prepare_resume(model)  # weights that must be in the module before initialize
         self.multiple = model.size_multiple
         self.loss_fn = DeblurLoss.from_config(self.cfg).to(distributed.device())
         self.engine = eng.initialize(model, self.cfg, self.ds, self.total_steps)
         self.state = checkpoint.TrainState()
-        if self.single is not None:
-            self._say(f"[train] Loading checkpoint {args.resume}")
-            self._restore(checkpoint.load_single(self.engine, self.single, not args.reset_optimizer))
-        elif self.resume_from:
-            ckpt_dir, tag = self.resume_from
-            self._say(f"[train] Loading checkpoint {ckpt_dir / tag}")
-            self._restore(checkpoint.load(self.engine, ckpt_dir, tag, load_optimizer=not args.reset_optimizer))
+        if restore is not None:
+            self._restore(restore())
         elif args.resume == "auto":
-            self._say("[train] --resume auto: no complete checkpoint under "
-                      f"{self.ckpt_dir}, starting a fresh run")
+            self._say(f"[train] --resume auto: no complete checkpoint under {self.ckpt_dir}, starting a fresh run")
         if distributed.is_main():
             save_config(self.cfg, self.save_dir / "config.yaml", deepspeed=self.ds)
         from ds_deblur.run_log import RunLogger
@@ -140,6 +127,32 @@ class Trainer:
         from ds_deblur.single_file import load_weights
         what = load_weights(model, path)
         self._say(f"[train] Initialised weights from {path} ({what}); new run from step 0")
+
+    def _prepare_resume(self, model: torch.nn.Module) -> Optional[Callable[[], dict]]:
+        """Find what ``--resume`` names, load what must precede ``deepspeed.initialize`` into ``model``, and
+        return the step that completes the restore on the engine (None: a fresh run)."""
+        from ds_deblur import checkpoint
+        from ds_deblur.convert import fp32_state_dict, open_tag
+        args = self.args
+        if not args.resume:
+            return None
+        keep_optimizer = not args.reset_optimizer
+        if checkpoint.is_single_file_path(args.resume):
+            single = checkpoint.read_single(Path(args.resume))
+            self._say(f"[train] Loading checkpoint {args.resume}")
+            model.load_state_dict(single["state_dict"])  # every ZeRO stage then starts from these weights
+            return lambda: checkpoint.load_single(self.engine, single, keep_optimizer)
+        found = checkpoint.resolve_resume(args.resume, self.save_dir)
+        if found is None:
+            return None
+        tag_dir = found[0] / found[1]
+        self._say(f"[train] Loading checkpoint {tag_dir}")
+        if keep_optimizer:
+            return lambda: checkpoint.load(self.engine, *found)
+        # Weights only: read them ourselves (DeepSpeed's ZeRO-3 load ignores the tag when it skips the optimizer
+        # states, DeepSpeed issue #8499), which also works on any world size.
+        model.load_state_dict(fp32_state_dict(tag_dir))
+        return lambda: {**open_tag(tag_dir).state, "rng_restored": False}
 
     def _restore(self, saved: dict) -> None:
         """Adopt a loaded checkpoint's counters and data position, and say what was restored."""

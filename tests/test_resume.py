@@ -60,8 +60,12 @@ def test_resume_from_last_pth_on_another_stage_or_world_size(data, tmp_path, sta
     if ranks == 2:  # same world size: the same samples per step, so the same training up to float rounding
         for x, y in zip(a[3:], b[3:]):
             assert y["loss"] == pytest.approx(x["loss"], rel=1e-5)
+        # ZeRO-3 reduces gradients in another order than ZeRO-1, and Adam's normalised update can turn a
+        # rounding-level difference of a near-zero gradient into a visible step on a single weight: compare
+        # globally (measured: 9e-12 relative).
         wa, wb = weights(straight), weights(pieces)
-        assert all(torch.allclose(wa[k], wb[k], rtol=1e-4, atol=1e-6) for k in wa)
+        diff = torch.cat([(wa[k] - wb[k]).flatten() for k in wa]).norm()
+        assert diff <= 1e-6 * torch.cat([w.flatten() for w in wa.values()]).norm()
     else:  # 1 rank takes half the samples per step: the epoch's remaining order continues on one rank
         assert [r["epoch"] for r in b[3:]] == [0, 0, 1]  # samples 7 and 8 of epoch 0, then epoch 1
         assert all(torch.isfinite(w).all() for w in weights(pieces).values())
@@ -115,3 +119,21 @@ def test_kill_during_a_save_leaves_latest_on_the_previous_complete_tag(data, tmp
     assert "skipping incomplete checkpoint" in proc.stderr and "step_000004" in proc.stderr
     assert "Resuming from step 2" in proc.stdout
     assert [r["step"] for r in read_train_log(out)] == list(range(1, 7))
+
+
+@pytest.mark.dist
+@pytest.mark.slow
+def test_reset_optimizer_keeps_weights_and_counters_with_a_fresh_schedule(data, tmp_path):
+    # ZeRO-3: DeepSpeed's own weights-only load would ignore the tag (DeepSpeed issue #8499); ours reads it.
+    config = ds_json(tmp_path, "ds_configs/cpu_fp32.json", 3)
+    out = tmp_path / "run"
+    proc = run_train(data, out, config, ["TRAIN.TOTAL_STEPS=6"], extra=["--stop-at-step", "2"])
+    assert proc.returncode == 0, output_of(proc)
+    sets = ["TRAIN.TOTAL_STEPS=3", "TRAIN.LR=5e-4", "TRAIN.WARMUP_STEPS=2"]
+    proc = run_train(data, out, config, sets, extra=["--resume", str(out / "ckpts/step_000002"), "--reset-optimizer"])
+    assert proc.returncode == 0, output_of(proc)
+    assert "Resuming from step 2 (epoch 0)" in proc.stdout and "start fresh (--reset-optimizer)" in proc.stdout
+    assert "TRAIN.LR: 0.002 -> 0.0005" in proc.stdout
+    log = read_train_log(out)
+    assert [r["step"] for r in log] == [1, 2, 3]
+    assert log[2]["lr"] == pytest.approx(5e-4 / 2)  # a new warm-up at the new LR
