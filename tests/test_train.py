@@ -21,6 +21,12 @@ def data(tmp_path_factory):
     return make_dataset(tmp_path_factory.mktemp("train_data") / "synth")
 
 
+def dynamic_fp16(initial_scale_power: int) -> dict:
+    """fp16 with dynamic loss scaling that halves on every overflow (no hysteresis) down to a scale of 1."""
+    return {"enabled": True, "loss_scale": 0, "initial_scale_power": initial_scale_power, "hysteresis": 1,
+            "min_loss_scale": 1, "loss_scale_window": 1000}
+
+
 def tensorboard_tags(run_dir) -> tuple[set, set]:
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
     acc = EventAccumulator(str(run_dir / "tb"), size_guidance={"scalars": 0, "images": 0})
@@ -70,9 +76,7 @@ def test_fp32_zero_stages_train_validate_and_log(data, tmp_path, stage):
 def test_fp16_overflow_is_skipped_and_training_continues(data, tmp_path):
     out = tmp_path / "run"
     # A modest initial scale (2^8) so that only the injected overflow overflows.
-    fp16 = {"enabled": True, "loss_scale": 0, "initial_scale_power": 8, "hysteresis": 1, "min_loss_scale": 1,
-            "loss_scale_window": 1000}
-    proc = run_train(data, out, ds_json(tmp_path, "ds_configs/zero2_fp16.json", fp16=fp16),
+    proc = run_train(data, out, ds_json(tmp_path, "ds_configs/zero2_fp16.json", fp16=dynamic_fp16(8)),
                      env={"DS_DEBLUR_ALLOW_CPU_FP16": "1", "DS_DEBLUR_INJECT_NONFINITE": "2"})
     assert proc.returncode == 0, output_of(proc)
     log = check_run(out, 4, [2, 4])
@@ -103,9 +107,7 @@ def test_bf16_nonfinite_loss_skips_the_step_on_every_rank_with_accumulation(data
 @pytest.mark.slow
 def test_fp16_stuck_at_minimum_scale_saves_and_stops(data, tmp_path):
     out = tmp_path / "run"
-    fp16 = {"enabled": True, "loss_scale": 0, "initial_scale_power": 1, "hysteresis": 1, "min_loss_scale": 1,
-            "loss_scale_window": 1000}
-    proc = run_train(data, out, ds_json(tmp_path, "ds_configs/zero2_fp16.json", fp16=fp16),
+    proc = run_train(data, out, ds_json(tmp_path, "ds_configs/zero2_fp16.json", fp16=dynamic_fp16(1)),
                      sets=["TRAIN.TOTAL_STEPS=8", "TRAIN.MIN_LOSS_SCALE_PATIENCE=2", "LOG.SAVE_EVERY_STEPS=100"],
                      env={"DS_DEBLUR_ALLOW_CPU_FP16": "1", "DS_DEBLUR_INJECT_NONFINITE": "1,2,3,4,5,6,7,8"})
     assert proc.returncode == 3, output_of(proc)
