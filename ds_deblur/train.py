@@ -191,6 +191,7 @@ class Trainer:
     def fit(self) -> int:
         signal.signal(signal.SIGTERM, self._on_signal)
         signal.signal(signal.SIGINT, self._on_signal)
+        self.stats, self.step_started = StepStats(), time.perf_counter()
         while self.state.step < self.total_steps:
             self.train_loader.set_epoch(self.state.epoch)
             code = self._run_epoch()
@@ -200,10 +201,11 @@ class Trainer:
         return 0
 
     def _run_epoch(self) -> Optional[int]:
-        """Train until the loader is exhausted (returns None) or the run ends (returns the exit code)."""
+        """Train until the loader is exhausted (returns None) or the run ends (returns the exit code). A step
+        whose micro-batches straddle two epochs carries its ``self.stats`` over."""
         accum = self.cfg.TRAIN.GRADIENT_ACCUMULATION_STEPS
-        stats, started = StepStats(), time.perf_counter()
         for batch, waited in _timed(self.train_loader):
+            stats = self.stats
             boundary = self.engine.is_gradient_accumulation_boundary()
             if boundary:
                 stats.lr = self.engine.get_lr()[0]  # the LR this step uses (engine.step advances the schedule)
@@ -212,11 +214,11 @@ class Trainer:
             if not boundary:
                 continue
             self.state.step += 1
-            self._after_step(stats, time.perf_counter() - started)
+            self._after_step(stats, time.perf_counter() - self.step_started)
             code = self._boundary_actions()
             if code is not None:
                 return code
-            stats, started = StepStats(), time.perf_counter()
+            self.stats, self.step_started = StepStats(), time.perf_counter()
         return None
 
     def _micro_step(self, batch: dict, stats: StepStats, accum: int) -> None:
