@@ -169,6 +169,16 @@ def newest_complete(ckpt_dir: Path) -> Optional[str]:
     return tags[-1] if tags else None
 
 
+def is_tag_dir(path: Path) -> bool:
+    """A DeepSpeed tag directory (complete or not)."""
+    return path.is_dir() and ((path / COMMIT).is_file() or any(path.glob("*model_states.pt")))
+
+
+def read_latest(ckpt_dir: Path) -> Optional[str]:
+    latest = Path(ckpt_dir) / LATEST
+    return latest.read_text().strip() if latest.is_file() else None
+
+
 def resolve_resume(resume: str, save_dir: Path) -> Optional[tuple[Path, str]]:
     """``--resume`` -> (ckpt_dir, tag), or None for a fresh start (``auto`` with nothing saved).
 
@@ -181,10 +191,10 @@ def resolve_resume(resume: str, save_dir: Path) -> Optional[tuple[Path, str]]:
     path = Path(resume)
     if not path.exists():
         raise CheckpointError(f"Checkpoint not found: {path}")
-    if (path / LATEST).is_file():
-        tag = (path / LATEST).read_text().strip()
+    tag = read_latest(path)
+    if tag is not None:
         return _checked(path, tag)
-    if (path / COMMIT).is_file() or (path.is_dir() and any(path.glob("*model_states.pt"))):
+    if is_tag_dir(path):
         return _checked(path.parent, path.name)
     raise CheckpointError(f"{path} is neither a checkpoint directory (with a '{LATEST}' file) nor a tag "
                           f"(with {COMMIT}); pass SAVE_DIR/ckpts, SAVE_DIR/ckpts/step_NNNNNN or 'auto'")

@@ -37,7 +37,7 @@ from typing import Any, Optional, Union
 
 import torch
 
-from ds_deblur.checkpoint import COMMIT, LATEST, tag_problem
+from ds_deblur.checkpoint import LATEST, is_tag_dir, read_latest, tag_problem
 from ds_deblur.engine import precision_of, zero_stage_of
 from ds_deblur.single_file import (FORMAT, CheckpointFormatError, checkpoint_not_found, grad_scaler_state,
                                    plain, save_atomic, write_atomic)
@@ -52,15 +52,6 @@ Piece = tuple[str, int, int, int]
 
 
 # ---------------------------------------------------------------------------------------------- finding tags
-def is_tag_dir(path: Path) -> bool:
-    return path.is_dir() and ((path / COMMIT).is_file() or any(path.glob("*model_states.pt")))
-
-
-def read_latest(ckpt_dir: Path) -> Optional[str]:
-    latest = ckpt_dir / LATEST
-    return latest.read_text().strip() if latest.is_file() else None
-
-
 def list_tags(ckpt_dir: Path) -> list[Path]:
     """Tag directories under ``ckpt_dir``, complete or not, in natural name order (step_000500 < step_001000)."""
     tags = [child for child in ckpt_dir.iterdir() if is_tag_dir(child)]

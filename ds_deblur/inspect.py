@@ -18,9 +18,8 @@ from typing import Any, Optional
 
 import torch
 
-from ds_deblur.checkpoint import COMMIT, LATEST, tag_problem
-from ds_deblur.convert import (is_tag_dir, list_tags, load_pickled, loss_scaler_values,
-                               open_tag, read_latest)
+from ds_deblur.checkpoint import COMMIT, LATEST, is_tag_dir, read_latest, tag_problem
+from ds_deblur.convert import list_tags, load_pickled, loss_scaler_values, open_tag
 from ds_deblur.single_file import CheckpointFormatError, checkpoint_not_found, is_single_file, read_weights_only
 
 # JSON key, text label, file pattern
