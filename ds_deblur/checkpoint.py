@@ -263,21 +263,26 @@ def _load_rng(path: Path) -> None:
 
 def client_state(state: TrainState, data_state: dict, config: dict, engine: Any, precision: str) -> dict:
     """What goes into ``client_state['ds_deblur']`` (everything exact resume and the converter need)."""
-    import deepspeed
     return {
         "format": FORMAT_VERSION, **asdict(state), "data": data_state, "config": config,
         "world_size": dist.get_world_size() if dist.is_initialized() else 1,
         "zero_stage": engine.zero_optimization_stage(), "precision": precision,
-        "versions": {"torch": torch.__version__, "deepspeed": deepspeed.__version__, "ds_deblur": _version()},
+        "versions": versions(),
     }
 
 
-def _version() -> str:
+def versions() -> dict:
+    """Versions a run and its checkpoints record."""
+    import platform
     from importlib.metadata import PackageNotFoundError, version
+
+    import deepspeed
     try:
-        return version("ds_deblur")
+        ours = version("ds_deblur")
     except PackageNotFoundError:
-        return "dev"
+        ours = "dev"
+    return {"torch": str(torch.__version__), "deepspeed": deepspeed.__version__, "ds_deblur": ours,
+            "python": platform.python_version(), "cuda": torch.version.cuda}
 
 
 # Keys that shape the model or its inputs: a resumed run must keep them (the weights would not fit otherwise).

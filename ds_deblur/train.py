@@ -14,6 +14,7 @@ if __name__ == "__main__" and not __package__:
     sys.path.insert(0, os.path.dirname(_here))
 
 import argparse  # noqa: E402
+import json  # noqa: E402
 import signal  # noqa: E402
 import time  # noqa: E402
 from dataclasses import dataclass  # noqa: E402
@@ -109,6 +110,7 @@ class Trainer:
             self._say(f"[train] --resume auto: no complete checkpoint under {self.ckpt_dir}, starting a fresh run")
         if distributed.is_main():
             save_config(self.cfg, self.save_dir / "config.yaml", deepspeed=self.ds)
+            (self.save_dir / "versions.json").write_text(json.dumps(checkpoint.versions(), indent=1))
         from ds_deblur.run_log import RunLogger
         self.log = RunLogger(self.save_dir, distributed.is_main(), self.total_steps, self.state.step)
         self.stop_requested = False

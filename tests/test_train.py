@@ -64,6 +64,7 @@ def test_fp32_zero_stages_train_validate_and_log(data, tmp_path, stage):
     assert TB_TAGS <= scalars, TB_TAGS - scalars
     assert "val/visual" in images
     assert (out / "visuals/step_000006.png").is_file() and (out / "config.yaml").is_file()
+    assert json.loads((out / "versions.json").read_text())["deepspeed"].startswith("0.19")
     single = torch.load(out / "ckpts/last.pth", weights_only=True)
     assert single["step"] == 6 and single["meta"]["zero_stage"] == stage and single["meta"]["world_size"] == 2
     cfg = config_for(data, out)
