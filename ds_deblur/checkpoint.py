@@ -147,26 +147,21 @@ def tag_problem(tag_dir: Path) -> Optional[str]:
     return None
 
 
-def complete_tags(ckpt_dir: Path) -> list[str]:
-    """Complete tags, oldest step first."""
-    tags = []
-    for path in Path(ckpt_dir).iterdir():
-        if path.is_dir() and tag_problem(path) is None:
-            step = json.loads((path / COMMIT).read_text())["step"]
-            tags.append((step, path.name != BEST, path.name))
-    return [name for *_, name in sorted(tags)]
-
-
 def newest_complete(ckpt_dir: Path) -> Optional[str]:
-    """The newest complete tag (``latest`` if it is complete), warning about every newer tag skipped."""
+    """The complete tag with the highest step (a step tag before ``best`` at the same step), warning about every
+    incomplete step tag it skips. Each tag is checked once."""
     ckpt_dir = Path(ckpt_dir)
     if not ckpt_dir.is_dir():
         return None
-    for path in sorted(ckpt_dir.iterdir(), key=lambda p: p.name):
-        if path.is_dir() and STEP_TAG.match(path.name) and (problem := tag_problem(path)):
+    complete = []
+    for path in sorted(p for p in ckpt_dir.iterdir() if p.is_dir()):
+        problem = tag_problem(path)
+        if problem is None:
+            step = json.loads((path / COMMIT).read_text())["step"]
+            complete.append((step, path.name != BEST, path.name))
+        elif STEP_TAG.match(path.name):
             warnings.warn(f"skipping incomplete checkpoint {path}: {problem}", stacklevel=2)
-    tags = complete_tags(ckpt_dir)
-    return tags[-1] if tags else None
+    return max(complete)[2] if complete else None
 
 
 def is_tag_dir(path: Path) -> bool:
