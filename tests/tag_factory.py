@@ -11,6 +11,7 @@ import torch
 import torch.multiprocessing as mp
 from torch import nn
 
+from ds_deblur import distributed
 from train_utils import free_port
 
 REPO = Path(__file__).resolve().parents[1]
@@ -73,8 +74,7 @@ def train_and_save(rank: int, world: int, port: int, root: str, names: list[str]
     os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world), MASTER_ADDR="127.0.0.1",
                       MASTER_PORT=str(port), DS_DEBLUR_ALLOW_CPU_FP16="1")
     torch.set_num_threads(1)
-    import deepspeed
-    deepspeed.init_distributed(dist_backend="gloo")
+    distributed.init()
     try:
         for name in names:
             save_tag(rank, Path(root), name)

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from ds_deblur.run_log import read_train_log
-from train_utils import ds_json, make_dataset, output_of, run_train
+from train_utils import ds_json, make_dataset, output_of, run_train, shm_buffers
 
 
 @pytest.fixture(scope="module")
@@ -112,8 +112,10 @@ def test_sigterm_finishes_the_step_saves_and_exits_zero(data, tmp_path):
 def test_kill_during_a_save_leaves_latest_on_the_previous_complete_tag(data, tmp_path):
     out = tmp_path / "run"
     sets = ["TRAIN.TOTAL_STEPS=6", "TRAIN.VAL_EVERY_STEPS=100", "LOG.SAVE_EVERY_STEPS=2"]
+    shm_before = shm_buffers()
     proc = run_train(data, out, sets=sets, env={"DS_DEBLUR_KILL_IN_SAVE": "step_000004"})
     assert proc.returncode != 0
+    assert shm_buffers() <= shm_before  # a killed run leaves no RAM behind in /dev/shm either
     ckpts = out / "ckpts"
     assert (ckpts / "latest").read_text() == "step_000002"
     assert not (ckpts / "step_000004/COMMIT.json").exists()

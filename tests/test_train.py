@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from ds_deblur.run_log import read_train_log
-from train_utils import REPO, config_for, ds_json, fixed_batch_loss, make_dataset, output_of, run_train
+from train_utils import (REPO, config_for, ds_json, fixed_batch_loss, make_dataset, output_of, run_train,
+                         shm_buffers)
 
 TB_TAGS = {"train/loss", "train/loss_charbonnier", "train/lr", "train/grad_norm", "train/loss_scale",
            "train/skipped_steps", "perf/samples_per_sec", "perf/step_time_ms", "perf/data_time_ms",
@@ -56,9 +57,11 @@ def check_run(run_dir, steps: int, val_steps: list[int]) -> list[dict]:
 @pytest.mark.parametrize("stage", [1, 2, 3])
 def test_fp32_zero_stages_train_validate_and_log(data, tmp_path, stage):
     out = tmp_path / "run"
+    shm_before = shm_buffers()
     proc = run_train(data, out, ds_json(tmp_path, "ds_configs/cpu_fp32.json", stage),
                      sets=["TRAIN.TOTAL_STEPS=6", "TRAIN.VAL_EVERY_STEPS=3", "LOG.SAVE_EVERY_STEPS=3"])
     assert proc.returncode == 0, output_of(proc)
+    assert shm_buffers() <= shm_before  # no RAM left behind in /dev/shm
     check_run(out, 6, [3, 6])
     scalars, images = tensorboard_tags(out)
     assert TB_TAGS <= scalars, TB_TAGS - scalars

@@ -51,6 +51,11 @@ def run_train(data: Path, out: Path, ds_json: str = "ds_configs/cpu_fp32.json", 
                           capture_output=True, text=True, timeout=timeout)
 
 
+def shm_buffers() -> set[Path]:
+    """DeepSpeed's CPU shared-memory all-reduce buffers now in /dev/shm (RAM that outlives a run unless unlinked)."""
+    return set(Path("/dev/shm").glob("deepspeed_allreduce_buffer_*"))
+
+
 def config_for(data: Path, out: Path, sets=()) -> Config:
     return load_config(REPO / "ds_configs/tiny_synth.yaml",
                        [f"DATA.ROOT={data}", f"LOG.SAVE_DIR={out}", *BASE_SETS, *sets])
