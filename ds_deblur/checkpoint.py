@@ -17,6 +17,7 @@ import random
 import re
 import shutil
 import signal
+import time
 import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -26,7 +27,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from ds_deblur import distributed
+from ds_deblur import distributed, universal
 from ds_deblur.single_file import fsync_path, write_atomic
 
 COMMIT = "COMMIT.json"
@@ -65,7 +66,11 @@ def save(engine: Any, ckpt_dir: Path, tag: str, client_state: dict) -> None:
     if distributed.is_main() and (ckpt_dir / staging).exists():
         shutil.rmtree(ckpt_dir / staging)  # a leftover of an interrupted save: never complete
     distributed.barrier()
-    engine.save_checkpoint(str(ckpt_dir), tag=staging, client_state={"ds_deblur": client_state}, save_latest=False)
+    # DeepSpeed's universal converter (another world size on resume) needs its info key in the client state.
+    from deepspeed.checkpoint import constants as c
+    extra = {c.UNIVERSAL_CHECKPOINT_INFO: {c.UNIVERSAL_CHECKPOINT_VERSION_KEY: c.UNIVERSAL_CHECKPOINT_VERSION_VALUE}}
+    engine.save_checkpoint(str(ckpt_dir), tag=staging, client_state={"ds_deblur": client_state, **extra},
+                           save_latest=False)
     rank = dist.get_rank() if dist.is_initialized() else 0
     _save_rng(ckpt_dir / staging, rank)
     if os.environ.get(KILL_IN_SAVE_ENV) == tag and rank == client_state["world_size"] - 1:
@@ -84,7 +89,8 @@ def _commit(tag_dir: Path, tag: str, client_state: dict) -> None:
     for path in sorted(p for p in tag_dir.rglob("*") if p.is_file()):
         fsync_path(path)
         files[str(path.relative_to(tag_dir))] = path.stat().st_size
-    marker = {"tag": tag, "step": client_state["step"], "world_size": client_state["world_size"], "files": files}
+    marker = {"tag": tag, "step": client_state["step"], "world_size": client_state["world_size"],
+              "saved_at": time.time(), "files": files}
     atomic_write_text(tag_dir / COMMIT, json.dumps(marker, indent=1))
 
 
@@ -97,6 +103,7 @@ def _swap_in(ckpt_dir: Path, staging: str, tag: str) -> None:
     os.replace(ckpt_dir / staging, ckpt_dir / tag)
     fsync_path(ckpt_dir)
     shutil.rmtree(old)
+    universal.remove(ckpt_dir / tag)  # converted from the tag it replaced
 
 
 def write_latest(ckpt_dir: Path, tag: str) -> None:
@@ -122,6 +129,7 @@ def retain(ckpt_dir: Path, keep_last: int) -> list[str]:
     doomed = [p for s, p in steps if p not in keep and s < newest]
     for path in doomed:
         shutil.rmtree(path, ignore_errors=True)
+        universal.remove(path)
     return [p.name for p in doomed]
 
 
@@ -205,28 +213,39 @@ def _checked(ckpt_dir: Path, tag: str) -> tuple[Path, str]:
 
 # --- loading --------------------------------------------------------------------------------------------------
 
+def saved_world_size(tag_dir: Path) -> int:
+    return json.loads((Path(tag_dir) / COMMIT).read_text())["world_size"]
+
+
 def load(engine: Any, ckpt_dir: Path, tag: str) -> dict:
     """Load a tag into the engine (model, optimizer, LR schedule, loss scaler) and this rank's RNG; returns our
-    saved state (``client_state['ds_deblur']``). Saved on another world size, DeepSpeed refuses it: resume from
-    the tag's single file (last.pth) instead."""
-    saved_world = json.loads((Path(ckpt_dir) / tag / COMMIT).read_text())["world_size"]
+    saved state (``client_state['ds_deblur']``).
+
+    A tag saved on another world size loads from its universal cache (ds_deblur.universal), which needs an
+    engine initialised with ``checkpoint.load_universal`` (the trainer sets it); RNG streams are per rank and
+    are then not restored."""
+    tag_dir = Path(ckpt_dir) / tag
     world = dist.get_world_size() if dist.is_initialized() else 1
-    if saved_world != world:
+    other_world = saved_world_size(tag_dir) != world
+    if other_world and not engine.load_universal_checkpoint():
         raise CheckpointError(
-            f"{Path(ckpt_dir) / tag} was saved on {saved_world} ranks and this run has {world}: resume from a single "
-            f"file instead, which fits any world size: python -m ds_deblur.convert {Path(ckpt_dir) / tag} --out "
-            f"{Path(ckpt_dir) / tag}.pth, then --resume {Path(ckpt_dir) / tag}.pth")
-    path, client = engine.load_checkpoint(str(ckpt_dir), tag=tag, load_optimizer_states=True,
+            f"{tag_dir} was saved on {saved_world_size(tag_dir)} ranks and this run has {world}: that takes "
+            f"DeepSpeed's universal checkpoint (ds_deblur.universal.prepare, then an engine with "
+            f'"checkpoint": {{"load_universal": true}}); the trainer does both by itself on --resume')
+    load_dir = universal.cache_of(tag_dir) if other_world else Path(ckpt_dir)
+    path, client = engine.load_checkpoint(str(load_dir), tag=tag, load_optimizer_states=True,
                                           load_lr_scheduler_states=True, load_module_strict=True)
     if path is None or client is None or "ds_deblur" not in client:
-        raise CheckpointError(f"{Path(ckpt_dir) / tag} holds no ds_deblur state: not a checkpoint of this trainer")
+        raise CheckpointError(f"{tag_dir} holds no ds_deblur state: not a checkpoint of this trainer")
     state = client["ds_deblur"]
     if state.get("format") != FORMAT_VERSION:
-        raise CheckpointError(f"{Path(ckpt_dir) / tag} has checkpoint format {state.get('format')}, "
+        raise CheckpointError(f"{tag_dir} has checkpoint format {state.get('format')}, "
                               f"this ds_deblur reads format {FORMAT_VERSION}")
+    if other_world:
+        universal.restore_buffers(engine, tag_dir)
+        return {**state, "rng_restored": False}
     rank = dist.get_rank() if dist.is_initialized() else 0
-    rng_file = Path(ckpt_dir) / tag / f"rng_rank{rank}.pt"
-    _load_rng(rng_file)
+    _load_rng(tag_dir / f"rng_rank{rank}.pt")
     return {**state, "rng_restored": True}
 
 

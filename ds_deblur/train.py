@@ -46,7 +46,8 @@ def parse_args(argv: Optional[list] = None) -> argparse.Namespace:
                         help="start a new run from these model weights (last.pth/best.pth, a weights export or "
                              "an official VRT release file keyed 'params')")
     parser.add_argument("--stop-at-step", type=int, default=None, metavar="N",
-                        help="save and exit after optimizer step N without changing the schedule")
+                        help="save and exit after optimizer step N without changing the schedule (at once when a resumed "
+                             "run is already there: re-saves a checkpoint for this world size and ZeRO stage)")
     parser.add_argument("--local_rank", type=int, default=int(os.environ.get("LOCAL_RANK", 0)),
                         help="set by the launcher")
     deepspeed.add_config_arguments(parser)
@@ -150,6 +151,13 @@ class Trainer:
         tag_dir = found[0] / found[1]
         self._say(f"[train] Loading checkpoint {tag_dir}")
         if keep_optimizer:
+            saved_world = checkpoint.saved_world_size(tag_dir)
+            if saved_world != self.world:
+                from ds_deblur import universal
+                self._say(f"[train] {tag_dir} was saved on {saved_world} ranks, this run has {self.world}: "
+                          f"loading it through DeepSpeed's universal checkpoint")
+                universal.prepare(tag_dir)
+                self.ds.setdefault("checkpoint", {})["load_universal"] = True
             return lambda: checkpoint.load(self.engine, *found)
         # Weights only: read them ourselves (DeepSpeed's ZeRO-3 load ignores the tag when it skips the optimizer
         # states, DeepSpeed issue #8499), which also works on any world size.
@@ -194,6 +202,9 @@ class Trainer:
         signal.signal(signal.SIGTERM, self._on_signal)
         signal.signal(signal.SIGINT, self._on_signal)
         self.stats, self.step_started = StepStats(), time.perf_counter()
+        if self.args.stop_at_step is not None and self.state.step >= self.args.stop_at_step:
+            self._save(None)  # resumed at or past it: save at once (re-shards a tag for this world size)
+            return 0
         while self.state.step < self.total_steps:
             self.train_loader.set_epoch(self.state.epoch)
             code = self._run_epoch()

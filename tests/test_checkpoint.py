@@ -66,10 +66,13 @@ def test_retention_keeps_newest_complete_and_best(tmp_path):
     make_tag(tmp_path, "best", 1)
     make_tag(tmp_path, ck.step_tag(5), 5, commit=False)  # being written right now
     make_tag(tmp_path, ck.step_tag(0), 0, commit=False)  # a crashed save, older than the newest complete
+    for step in (2, 4):  # universal copies (resumed on another world size) go with their tags
+        (tmp_path / f"step_00000{step}.universal").mkdir()
     removed = ck.retain(tmp_path, keep_last=2)
     assert sorted(removed) == ["step_000000", "step_000001", "step_000002"]
     left = sorted(p.name for p in tmp_path.iterdir())
-    assert left == ["best", "step_000003", "step_000004", "step_000005"]
+    assert left == ["best", "step_000003", "step_000004", "step_000004.universal", "step_000005"]
+    assert ck.newest_complete(tmp_path) == "step_000004"  # a cache is never taken for a tag
 
 
 def test_latest_is_replaced_atomically(tmp_path):

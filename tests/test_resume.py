@@ -17,25 +17,46 @@ def weights(run_dir) -> dict:
     return torch.load(run_dir / "ckpts/last.pth", weights_only=True)["state_dict"]
 
 
-@pytest.mark.dist
-@pytest.mark.slow
-@pytest.mark.parametrize("stage, ranks", [(1, 2), (2, 2), (3, 2), (2, 1)])
-def test_resume_mid_epoch_is_exact(data, tmp_path, stage, ranks):
+def check_exact_resume(data, tmp_path, config: str, ranks: int, env=None, val_every: int = 2) -> list[dict]:
+    """A run of 6 steps and one of 3 + resume + 3 give bitwise-equal train logs and final weights."""
     # 8 clips, 4 per rank and epoch on 2 ranks (8 on 1): step 3 of 6 falls in the middle of epoch 0.
-    config = ds_json(tmp_path, "ds_configs/cpu_fp32.json", stage)
-    sets = ["TRAIN.TOTAL_STEPS=6", "TRAIN.VAL_EVERY_STEPS=2", "LOG.SAVE_EVERY_STEPS=2"]
+    sets = ["TRAIN.TOTAL_STEPS=6", f"TRAIN.VAL_EVERY_STEPS={val_every}", "LOG.SAVE_EVERY_STEPS=2"]
     straight, pieces = tmp_path / "straight", tmp_path / "pieces"
-    proc = run_train(data, straight, config, sets, ranks=ranks)
+    proc = run_train(data, straight, config, sets, ranks=ranks, env=env)
     assert proc.returncode == 0, output_of(proc)
-    proc = run_train(data, pieces, config, sets, ranks=ranks, extra=["--stop-at-step", "3"])
+    proc = run_train(data, pieces, config, sets, ranks=ranks, extra=["--stop-at-step", "3"], env=env)
     assert proc.returncode == 0, output_of(proc)
     assert [r["step"] for r in read_train_log(pieces)] == [1, 2, 3]
-    proc = run_train(data, pieces, config, sets, ranks=ranks, extra=["--resume", "auto"])
+    proc = run_train(data, pieces, config, sets, ranks=ranks, extra=["--resume", "auto"], env=env)
     assert proc.returncode == 0, output_of(proc)
     assert "Resuming from step 3 (epoch 0)" in proc.stdout
-    assert read_train_log(pieces) == read_train_log(straight)  # losses, LR, grad norms: bitwise
+    log = read_train_log(pieces)
+    assert log == read_train_log(straight)  # losses, LR, grad norms, loss scale: bitwise
     a, b = weights(straight), weights(pieces)
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    return log
+
+
+@pytest.mark.dist
+@pytest.mark.slow
+@pytest.mark.parametrize("stage, ranks", [(1, 2), (2, 2), (3, 2), (1, 1), (2, 1), (3, 1)])
+def test_resume_mid_epoch_is_exact(data, tmp_path, stage, ranks):
+    check_exact_resume(data, tmp_path, ds_json(tmp_path, "ds_configs/cpu_fp32.json", stage), ranks)
+
+
+@pytest.mark.dist
+@pytest.mark.slow
+def test_fp16_resume_is_exact_including_the_loss_scaler(data, tmp_path):
+    # The scaler moves on both sides of the cut: an injected overflow at step 2 halves it (no hysteresis), and
+    # with a window of 2 clean steps it grows again after the cut, on the same step only if its counters were
+    # restored. Validation only at the end: fp16 convolutions are slow on CPU.
+    fp16 = {"enabled": True, "loss_scale": 0, "initial_scale_power": 8, "hysteresis": 1, "min_loss_scale": 1,
+            "loss_scale_window": 2}
+    config = ds_json(tmp_path, "ds_configs/zero2_fp16.json", fp16=fp16)
+    env = {"DS_DEBLUR_ALLOW_CPU_FP16": "1", "DS_DEBLUR_INJECT_NONFINITE": "2"}
+    log = check_exact_resume(data, tmp_path, config, 2, env, val_every=100)
+    scales = [r["loss_scale"] for r in log]
+    assert scales[:3] == [256.0, 128.0, 128.0] and max(scales[3:]) > 128.0, scales
 
 
 @pytest.mark.dist
@@ -73,6 +94,36 @@ def test_resume_from_last_pth_on_another_stage_or_world_size(data, tmp_path, sav
         assert diff <= 1e-6 * torch.cat([w.flatten() for w in wa.values()]).norm()
     else:
         assert all(torch.isfinite(w).all() for w in weights(pieces).values())
+
+
+@pytest.mark.dist
+@pytest.mark.slow
+@pytest.mark.parametrize("stage, saved_on, ranks", [(3, 2, 1), (1, 1, 2)])
+def test_sharded_tag_resumes_on_another_world_size(data, tmp_path, stage, saved_on, ranks):
+    from ds_deblur.convert import single_file_dict
+    config = ds_json(tmp_path, "ds_configs/cpu_fp32.json", stage)
+    sets = ["TRAIN.TOTAL_STEPS=6", "TRAIN.VAL_EVERY_STEPS=100", "LOG.SAVE_EVERY_STEPS=2"]
+    first, resaved, continued = tmp_path / "first", tmp_path / "resaved", tmp_path / "continued"
+    proc = run_train(data, first, config, sets, ranks=saved_on, extra=["--stop-at-step", "4"])
+    assert proc.returncode == 0, output_of(proc)
+    tag = first / "ckpts/step_000004"
+    # Loaded on the other world size and saved at once: the very same state, sharded for the new world.
+    proc = run_train(data, resaved, config, sets, ranks=ranks, extra=["--resume", str(tag), "--stop-at-step", "4"])
+    assert proc.returncode == 0, output_of(proc)
+    assert "universal checkpoint" in proc.stdout and "Converting" in proc.stdout
+    a, b = single_file_dict(tag), single_file_dict(resaved / "ckpts/step_000004")
+    assert (a["meta"]["world_size"], b["meta"]["world_size"]) == (saved_on, ranks)
+    assert all(torch.equal(a["state_dict"][k], b["state_dict"][k]) for k in a["state_dict"])
+    for index, moments in a["optimizer"]["state"].items():
+        for key in ("exp_avg", "exp_avg_sq", "step"):
+            assert torch.equal(moments[key], b["optimizer"]["state"][index][key]), (index, key)
+    assert a["scheduler"] == b["scheduler"] and a["step"] == b["step"] == 4
+    # And training goes on from there (the converted cache is reused, not built again).
+    proc = run_train(data, continued, config, sets, ranks=ranks, extra=["--resume", str(tag)])
+    assert proc.returncode == 0, output_of(proc)
+    assert "Converting" not in proc.stdout and "Resuming from step 4" in proc.stdout
+    log = read_train_log(continued)
+    assert [r["step"] for r in log] == [5, 6] and all(r["loss"] > 0 for r in log)
 
 
 def test_missing_checkpoint_is_an_error_not_a_fresh_start(data, tmp_path):

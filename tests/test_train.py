@@ -73,6 +73,30 @@ def test_fp32_zero_stages_train_validate_and_log(data, tmp_path, stage):
     cfg = config_for(data, out)
     assert fixed_batch_loss(cfg, single["state_dict"]) < fixed_batch_loss(cfg, None)  # it learned
     assert "Final validation PSNR" in proc.stdout and "vs blurry input" in proc.stdout
+    check_plain_torch_resume(cfg, out / "ckpts/last.pth")
+
+
+def check_plain_torch_resume(cfg, path) -> None:
+    """The original trainer's resume, in plain torch, from our last.pth: model, AdamW and scheduler load and a
+    step runs from there."""
+    from ds_deblur.engine import build_scheduler
+    from ds_deblur.models import build_model
+    ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    model = build_model(cfg)
+    model.load_state_dict(ckpt["state_dict"])
+    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.TRAIN.LR)
+    optimizer.load_state_dict(ckpt["optimizer"])
+    scheduler = build_scheduler(optimizer, cfg, cfg.TRAIN.TOTAL_STEPS)
+    scheduler.load_state_dict(ckpt["scheduler"])
+    state = optimizer.state[next(model.parameters())]
+    assert float(state["step"]) == ckpt["step"] and state["exp_avg"].abs().sum() > 0
+    assert optimizer.param_groups[0]["lr"] == scheduler.get_last_lr()[0] < cfg.TRAIN.LR  # mid-schedule
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    blur, spike = torch.rand(1, 2, 3, 64, 64), torch.rand(1, 2, cfg.DATA.K, 64, 64)
+    model(blur, spike).mean().backward()
+    optimizer.step()
+    scheduler.step()
+    assert any(not torch.equal(before[k], v) for k, v in model.state_dict().items())
 
 
 @pytest.mark.dist
