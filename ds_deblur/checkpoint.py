@@ -275,10 +275,12 @@ def _load_rng(path: Path) -> None:
         torch.cuda.set_rng_state(rng["cuda"])
 
 
-def client_state(state: TrainState, data_state: dict, config: dict, engine: Any, precision: str) -> dict:
-    """What goes into ``client_state['ds_deblur']`` (everything exact resume and the converter need)."""
+def client_state(state: TrainState, data_state: dict, config: dict, engine: Any, precision: str,
+                 spike: Optional[dict] = None) -> dict:
+    """What goes into ``client_state['ds_deblur']`` (everything exact resume, the converter and inference need;
+    ``spike``: the spike input the model was trained on, {size, k, mean, std} as resolved from the data)."""
     return {
-        "format": FORMAT_VERSION, **asdict(state), "data": data_state, "config": config,
+        "format": FORMAT_VERSION, **asdict(state), "data": data_state, "config": config, "spike": spike,
         "world_size": dist.get_world_size() if dist.is_initialized() else 1,
         "zero_stage": engine.zero_optimization_stage(), "precision": precision,
         "versions": versions(),

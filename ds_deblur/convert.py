@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import math
 import re
 import sys
@@ -326,6 +327,7 @@ def single_file_dict(tag_dir: Path) -> dict:
         "format": FORMAT, "source_tag": tag.dir.name, "source_dir": str(tag.dir.parent.resolve()),
         "world_size": tag.world_size, "zero_stage": tag.stage, "precision": tag.precision,
         "versions": state.get("versions", {}), "best_step": state.get("best_step"), "data": state.get("data"),
+        "spike": state.get("spike"),
         "global_steps": tag.header.get("global_steps"), "skipped_steps": tag.header.get("skipped_steps"),
         "loss_scaler": gathered.loss_scaler,
     }
@@ -347,8 +349,8 @@ def export_single_file(ckpt_dir: PathLike, tag: Optional[str], out_path: PathLik
 
 def export_weights(ckpt_dir: PathLike, tag: Optional[str], out_path: PathLike) -> Path:
     """Write the tag's fp32 weights and buffers: safetensors for ``*.safetensors``, else ``torch.save``."""
-    tag_dir = resolve_tag(ckpt_dir, tag)
-    weights = fp32_state_dict(tag_dir)
+    tag = open_tag(resolve_tag(ckpt_dir, tag))
+    weights = _state_dict(tag, gather(tag, with_moments=False).weights)
     if Path(out_path).suffix != ".safetensors":
         return save_atomic(weights, out_path)
     from safetensors.torch import save_file
@@ -357,7 +359,10 @@ def export_weights(ckpt_dir: PathLike, tag: Optional[str], out_path: PathLike) -
     for key, value in weights.items():  # safetensors refuses shared storage: tied weights get their own copy
         tensors[key] = value.contiguous() if id(value) not in seen else value.clone()
         seen.add(id(value))
-    return write_atomic(out_path, lambda tmp: save_file(tensors, tmp, metadata={"format": "pt", "tag": tag_dir.name}))
+    # The run's config and spike input ride along as metadata, so that inference can rebuild the model.
+    metadata = {"format": "pt", "tag": tag.dir.name, "config": json.dumps(tag.state.get("config")),
+                "spike": json.dumps(tag.state.get("spike"))}
+    return write_atomic(out_path, lambda tmp: save_file(tensors, tmp, metadata=metadata))
 
 
 # ---------------------------------------------------------------------------------------------------- CLI

@@ -78,6 +78,8 @@ def read_weights_only(path: Union[str, Path], mmap: bool = False) -> Any:
     try:
         return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except pickle.UnpicklingError as err:
+        if "GLOBAL" not in str(err):  # not a refused object: bytes that are no pickle of a checkpoint at all
+            raise CheckpointFormatError(f"{path} is truncated or not a torch checkpoint ({_first_line(err)})") from None
         raise CheckpointFormatError(
             f"{path} was refused: it holds more than tensors and plain containers ({_unpickler_reason(err)}). "
             f"ds_deblur reads .pth files with weights_only=True and never runs code from them; if this is a "

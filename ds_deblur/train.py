@@ -191,6 +191,12 @@ class Trainer:
                                            "grouped into different batches)"))
         self._say(f"[train] Resume complete. Continuing from step {s.step}/{self.total_steps}")
 
+    def _spike_input(self) -> dict:
+        """The spike input as the data defined it (what inference must feed the model)."""
+        dataset = self.train_loader.dataset
+        return {"size": list(dataset.spike_size), "k": dataset.options.k, "mean": dataset.options.mean,
+                "std": dataset.options.std}
+
     def _say(self, text: str) -> None:
         from ds_deblur import distributed
         if distributed.is_main():
@@ -324,7 +330,7 @@ class Trainer:
         from ds_deblur import checkpoint, distributed
         tag = tag or checkpoint.step_tag(self.state.step)
         state = checkpoint.client_state(self.state, self.train_loader.state_dict(), self.cfg.to_dict(),
-                                        self.engine, self.precision)
+                                        self.engine, self.precision, spike=self._spike_input())
         checkpoint.save(self.engine, self.ckpt_dir, tag, state)
         if distributed.is_main():
             if tag != checkpoint.BEST:

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The main job, end to end: synthetic spike data -> DeepSpeed training of the tiny preset -> validation ->
-# checkpoints -> last.pth/best.pth -> TensorBoard logs. Sets up .venv the first time.
+# checkpoints -> last.pth/best.pth -> TensorBoard logs -> deblurred validation frames. Sets up .venv the first time.
 # No GPU: 2 CPU ranks (gloo) in fp32. GPUs: all of them, fp16 with dynamic loss scaling.
 # Environment: DATA (default data/synth), OUT (default outputs/demo); extra arguments go to train.py,
 # e.g. launch/demo.sh --set TRAIN.TOTAL_STEPS=100
@@ -25,4 +25,6 @@ deepspeed --num_gpus "$RANKS" --master_port "${MASTER_PORT:-29517}" ds_deblur/tr
     --config ds_configs/tiny_synth.yaml --deepspeed_config "$DS_CONFIG" \
     --set DATA.ROOT="$DATA" --set LOG.SAVE_DIR="$OUT" "$@"
 python -m ds_deblur.inspect "$OUT/ckpts/best.pth"
+echo "[demo] deblurring the validation sequences with best.pth into $OUT/infer"
+python -m ds_deblur.infer --ckpt "$OUT/ckpts/best.pth" --root "$DATA" --split val --output "$OUT/infer"
 echo "[demo] TensorBoard: tensorboard --logdir $OUT/tb"
