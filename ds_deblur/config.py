@@ -154,6 +154,8 @@ class TrainConfig:
     VAL_TILE_OVERLAP: int = doc(32, "overlap of validation tiles in pixels")
     MIN_LOSS_SCALE_PATIENCE: int = doc(100, "fp16: stop (after saving) when the loss scale sits at its minimum "
                                             "for this many consecutive steps")
+    NONFINITE_PATIENCE: int = doc(50, "bf16/fp32: stop (after saving) when this many consecutive steps were skipped "
+                                      "for non-finite losses or gradients: the run has diverged")
 
     def validate(self) -> None:
         _require(self.BATCH_SIZE >= 1, "TRAIN.BATCH_SIZE", f"must be >= 1, got {self.BATCH_SIZE}")
@@ -180,6 +182,7 @@ class TrainConfig:
                      f"must be in [0, TRAIN.VAL_TILE_SIZE={self.VAL_TILE_SIZE}), got {self.VAL_TILE_OVERLAP}")
         _require(self.MIN_LOSS_SCALE_PATIENCE >= 1, "TRAIN.MIN_LOSS_SCALE_PATIENCE",
                  f"must be >= 1, got {self.MIN_LOSS_SCALE_PATIENCE}")
+        _require(self.NONFINITE_PATIENCE >= 1, "TRAIN.NONFINITE_PATIENCE", f"must be >= 1, got {self.NONFINITE_PATIENCE}")
 
 
 @dataclass

@@ -38,10 +38,10 @@ from typing import Any, Optional, Union
 
 import torch
 
-from ds_deblur.checkpoint import LATEST, is_tag_dir, read_latest, tag_problem
+from ds_deblur.checkpoint import BEST, COMMIT, LATEST, STEP_TAG, is_tag_dir, read_latest, tag_problem
 from ds_deblur.engine import precision_of, zero_stage_of
 from ds_deblur.single_file import (FORMAT, CheckpointFormatError, checkpoint_not_found, grad_scaler_state,
-                                   plain, save_atomic, write_atomic)
+                                   plain, read_weights_only, save_atomic, write_atomic)
 
 CLIENT_KEY = "ds_deblur"
 _MODEL_STATES = ("mp_rank_00_model_states.pt", "zero_pp_rank_0_mp_rank_00_model_states.pt")
@@ -345,6 +345,32 @@ def single_file_dict(tag_dir: Path) -> dict:
 def export_single_file(ckpt_dir: PathLike, tag: Optional[str], out_path: PathLike) -> Path:
     """Write the tag (``None``: the ``latest`` one) as a single file at ``out_path``, atomically."""
     return save_atomic(single_file_dict(resolve_tag(ckpt_dir, tag)), out_path)
+
+
+def refresh_single_files(ckpt_dir: Path) -> list[Path]:
+    """Re-export ``last.pth`` (the newest complete tag) and ``best.pth`` (``best``) where missing or older than
+    their tag: a run killed between a tag's commit and its export leaves them one save behind. Returns what was
+    written."""
+    complete = [t for t in list_tags(ckpt_dir) if (STEP_TAG.match(t.name) or t.name == BEST) and tag_problem(t) is None]
+    pairs = [(max(complete, key=lambda t: (_committed_step(t), t.name != BEST)), "last.pth")] if complete else []
+    if (ckpt_dir / BEST) in complete:
+        pairs.append((ckpt_dir / BEST, "best.pth"))
+    written = []
+    for tag_dir, name in pairs:
+        if _single_file_step(ckpt_dir / name) != _committed_step(tag_dir):
+            written.append(export_single_file(ckpt_dir, tag_dir.name, ckpt_dir / name))
+    return written
+
+
+def _committed_step(tag_dir: Path) -> int:
+    return json.loads((tag_dir / COMMIT).read_text())["step"]
+
+
+def _single_file_step(path: Path) -> Optional[int]:
+    try:
+        return read_weights_only(path, mmap=True)["step"] if path.is_file() else None
+    except (CheckpointFormatError, KeyError, TypeError):
+        return None  # damaged: rewritten from its tag
 
 
 def export_weights(ckpt_dir: PathLike, tag: Optional[str], out_path: PathLike) -> Path:

@@ -73,19 +73,30 @@ class RunLogger:
     def close(self) -> None:
         if self.enabled:
             self.bar.close()
-            self.writer.close()
+            try:
+                self.writer.close()
+            except OSError as err:  # a full disk: say so, and let the run's own exit code stand
+                print(f"[train] warning: TensorBoard events could not be flushed to {self.save_dir / 'tb'}: {err}")
 
 
 def truncate_jsonl(path: Path, step: int) -> None:
-    """Keep one timeline on resume: drop lines past the step the run resumes from."""
-    lines = [line for line in path.read_text().splitlines() if line.strip()]
-    kept = [line for line in lines if json.loads(line)["step"] <= step]
-    path.write_text("".join(line + "\n" for line in kept))
+    """Keep one timeline on resume: drop lines past the step the run resumes from, and a last line torn by a
+    killed run. Rewritten atomically: a kill now leaves the old file or the new one."""
+    from ds_deblur.single_file import write_atomic
+    kept = [line for line in path.read_text().splitlines() if (record := _parsed(line)) and record["step"] <= step]
+    write_atomic(path, lambda tmp: tmp.write_text("".join(line + "\n" for line in kept)))
+
+
+def _parsed(line: str) -> Optional[dict]:
+    try:
+        return json.loads(line)
+    except ValueError:
+        return None
 
 
 def read_train_log(save_dir: Path) -> list[dict]:
     path = Path(save_dir) / TRAIN_LOG
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return [record for line in path.read_text().splitlines() if (record := _parsed(line))]
 
 
 def memory_mb() -> float:

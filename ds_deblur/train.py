@@ -15,6 +15,7 @@ if __name__ == "__main__" and not __package__:
 
 import argparse  # noqa: E402
 import json  # noqa: E402
+import shutil  # noqa: E402
 import signal  # noqa: E402
 import time  # noqa: E402
 from dataclasses import dataclass  # noqa: E402
@@ -24,9 +25,6 @@ from typing import Any, Callable, Iterator, Optional  # noqa: E402
 import torch  # noqa: E402
 
 EXIT_DIVERGED = 3
-# Fault injection for tests and the reliability suite: comma-separated optimizer steps at which rank 0 makes its
-# first micro-batch's loss infinite (an fp16 overflow, a bf16/fp32 non-finite loss). Never set in real runs.
-INJECT_ENV = "DS_DEBLUR_INJECT_NONFINITE"
 
 
 def parse_args(argv: Optional[list] = None) -> argparse.Namespace:
@@ -116,7 +114,9 @@ class Trainer:
         self.log = RunLogger(self.save_dir, distributed.is_main(), self.total_steps, self.state.step)
         self.stop_requested = False
         self.min_scale_steps = 0
-        self.inject_steps = {int(x) for x in os.environ.get(INJECT_ENV, "").split(",") if x.strip()}
+        self.skipped_in_a_row = 0
+        from ds_deblur.faults import Injections
+        self.faults = Injections.from_env()
 
     # --- set-up helpers ---------------------------------------------------------------------------------------
 
@@ -166,7 +166,7 @@ class Trainer:
 
     def _restore(self, saved: dict) -> None:
         """Adopt a loaded checkpoint's counters and data position, and say what was restored."""
-        from ds_deblur import checkpoint
+        from ds_deblur import checkpoint, distributed
         checkpoint.check_config_change(saved["config"], self.cfg.to_dict(), saved["world_size"], self.world,
                                        warn=self._say)
         self.state = checkpoint.TrainState(saved["step"], saved["epoch"], saved["best_psnr"], saved["best_step"])
@@ -190,6 +190,10 @@ class Trainer:
                   + ("" if same_batch else " (batch layout changed: the remaining order is the same, "
                                            "grouped into different batches)"))
         self._say(f"[train] Resume complete. Continuing from step {s.step}/{self.total_steps}")
+        if self.cfg.LOG.EXPORT_SINGLE_FILE and distributed.is_main() and self.ckpt_dir.is_dir():
+            from ds_deblur.convert import refresh_single_files
+            for path in refresh_single_files(self.ckpt_dir):
+                self._say(f"[train] Re-exported {path}: the previous run stopped between a save and its export")
 
     def _spike_input(self) -> dict:
         """The spike input as the data defined it (what inference must feed the model)."""
@@ -208,8 +212,12 @@ class Trainer:
         signal.signal(signal.SIGTERM, self._on_signal)
         signal.signal(signal.SIGINT, self._on_signal)
         self.stats, self.step_started = StepStats(), time.perf_counter()
-        if self.args.stop_at_step is not None and self.state.step >= self.args.stop_at_step:
-            self._save(None)  # resumed at or past it: save at once (re-shards a tag for this world size)
+        from ds_deblur import checkpoint
+        step = self.state.step
+        final_unsaved = step >= self.total_steps and checkpoint.tag_problem(
+            self.ckpt_dir / checkpoint.step_tag(step)) is not None  # killed in the final save, resumed from best
+        if final_unsaved or (self.args.stop_at_step is not None and step >= self.args.stop_at_step):
+            self._save(None)  # resumed at or past it: save at once (also re-shards a tag for this world size)
             return 0
         while self.state.step < self.total_steps:
             self.train_loader.set_epoch(self.state.epoch)
@@ -243,18 +251,25 @@ class Trainer:
     def _micro_step(self, batch: dict, stats: StepStats, accum: int) -> None:
         from ds_deblur import distributed
         from ds_deblur.validate import model_dtype
+        from ds_deblur import faults
         dtype, device = model_dtype(self.engine), self.engine.device
         blur = batch["blur"].to(device, dtype, non_blocking=True)
         spike = batch["spike_vox"].to(device, dtype, non_blocking=True)
         sharp = batch["sharp"].to(device, non_blocking=True)
+        step, inject = self.state.step + 1, self.rank == 0 and stats.micro == 0
+        if inject and self.faults.wants("batch", step):
+            blur = faults.poison_batch(blur)
         loss, parts = self.loss_fn(self.engine(blur, spike).float(), sharp)
-        if self.state.step + 1 in self.inject_steps and self.rank == 0 and stats.micro == 0:
+        if inject and self.faults.wants("loss", step):
             loss = loss * float("inf")
         # Agree on a bad micro-batch before backward: its non-finite gradients then make DeepSpeed discard the
         # whole step on every rank (its overflow check reduces over ranks); we count and log it.
         bad = distributed.any_rank(not bool(torch.isfinite(loss.detach())))
         stats.nonfinite |= bad
+        hook = faults.nan_gradient(self.engine.module) if inject and self.faults.wants("grad", step) else None
         self.engine.backward(loss)
+        if hook is not None:
+            hook.remove()
         self.engine.step()
         stats.micro += 1
         stats.loss += distributed.mean_over_ranks(float(loss.detach())) / accum
@@ -273,6 +288,7 @@ class Trainer:
         scale = eng.loss_scale(self.engine)
         self.min_scale_steps = self.min_scale_steps + 1 if (
             self.precision == "fp16" and scale <= eng.min_loss_scale(self.engine) and not applied) else 0
+        self.skipped_in_a_row = 0 if applied else self.skipped_in_a_row + 1
         grad_norm = self.engine.get_global_grad_norm()
         grad_norm = float(grad_norm) if grad_norm is not None and applied else None
         samples = self.cfg.TRAIN.BATCH_SIZE * self.cfg.TRAIN.GRADIENT_ACCUMULATION_STEPS * self.world
@@ -296,12 +312,13 @@ class Trainer:
         last = step >= self.total_steps
         if step % cfg.TRAIN.VAL_EVERY_STEPS == 0 or last:
             self._validate()
-        if self.min_scale_steps >= cfg.TRAIN.MIN_LOSS_SCALE_PATIENCE:
-            self._save(f"fp16 loss scale stuck at its minimum for {self.min_scale_steps} steps")
-            self._say(f"[train] Stopping: the fp16 loss scale has sat at its minimum for {self.min_scale_steps} "
-                      f"consecutive overflowing steps (TRAIN.MIN_LOSS_SCALE_PATIENCE), so training has diverged. "
-                      f"Saved the last good state as {self.ckpt_dir}/step_{step:06d}. Lower TRAIN.LR, check the "
-                      f"data, or use bf16 (ds_configs/zero2_bf16.json).")
+        diverged = self._divergence()
+        if diverged:
+            self._save(diverged)
+            self._say(f"[train] Stopping: {diverged}, so training has diverged. Saved the last good state (the "
+                      f"weights of step {step - self.skipped_in_a_row}; skipped steps change nothing) as "
+                      f"{self.ckpt_dir}/step_{step:06d}. Lower TRAIN.LR, check the data"
+                      + (", or use bf16 (ds_configs/zero2_bf16.json)." if self.precision == "fp16" else "."))
             return EXIT_DIVERGED
         stop = distributed.any_rank(self.stop_requested)
         cut = self.args.stop_at_step is not None and step >= self.args.stop_at_step
@@ -310,6 +327,17 @@ class Trainer:
         if stop:
             self._say(f"[train] Stopped by signal after step {step}; resume with --resume auto")
         return 0 if (last or stop or cut) else None
+
+    def _divergence(self) -> Optional[str]:
+        """Why the run has diverged (None: it has not): every step skipped for longer than the patience."""
+        train = self.cfg.TRAIN
+        if self.precision == "fp16" and self.min_scale_steps >= train.MIN_LOSS_SCALE_PATIENCE:
+            return (f"the fp16 loss scale has sat at its minimum for {self.min_scale_steps} consecutive overflowing "
+                    f"steps (TRAIN.MIN_LOSS_SCALE_PATIENCE)")
+        if self.precision != "fp16" and self.skipped_in_a_row >= train.NONFINITE_PATIENCE:
+            return (f"{self.skipped_in_a_row} consecutive steps had non-finite losses or gradients and were skipped "
+                    f"(TRAIN.NONFINITE_PATIENCE)")
+        return None
 
     def _validate(self) -> None:
         from ds_deblur import checkpoint, distributed
@@ -331,14 +359,22 @@ class Trainer:
         tag = tag or checkpoint.step_tag(self.state.step)
         state = checkpoint.client_state(self.state, self.train_loader.state_dict(), self.cfg.to_dict(),
                                         self.engine, self.precision, spike=self._spike_input())
-        checkpoint.save(self.engine, self.ckpt_dir, tag, state)
-        if distributed.is_main():
-            if tag != checkpoint.BEST:
-                checkpoint.retain(self.ckpt_dir, self.cfg.LOG.KEEP_LAST)
-            if self.cfg.LOG.EXPORT_SINGLE_FILE:
-                from ds_deblur.convert import export_single_file
-                name = "best.pth" if tag == checkpoint.BEST else "last.pth"
-                export_single_file(self.ckpt_dir, tag, self.ckpt_dir / name)
+        try:
+            checkpoint.save(self.engine, self.ckpt_dir, tag, state)
+            if distributed.is_main():
+                if tag != checkpoint.BEST:
+                    checkpoint.retain(self.ckpt_dir, self.cfg.LOG.KEEP_LAST)
+                if self.cfg.LOG.EXPORT_SINGLE_FILE:
+                    from ds_deblur.convert import export_single_file
+                    name = "best.pth" if tag == checkpoint.BEST else "last.pth"
+                    export_single_file(self.ckpt_dir, tag, self.ckpt_dir / name)
+        except (OSError, RuntimeError) as err:  # a full disk (torch.save raises RuntimeError), a lost mount
+            free = shutil.disk_usage(self.ckpt_dir).free / 2**20
+            raise checkpoint.CheckpointError(
+                f"saving checkpoint {tag} failed on rank {self.rank}: {type(err).__name__}: {err} ({free:.0f} MiB "
+                f"free on the checkpoint disk). The newest complete checkpoint is "
+                f"{checkpoint.read_latest(self.ckpt_dir) or 'none'} ('latest'), untouched, and last.pth/best.pth "
+                f"are whole (written atomically); free space, then resume with --resume auto") from err
         distributed.barrier()
 
     def _on_signal(self, signum: int, _frame: Any) -> None:
@@ -384,17 +420,22 @@ def main(argv: Optional[list] = None) -> int:
     from ds_deblur.config import ConfigError
     from ds_deblur.data import DatasetError
     from ds_deblur.engine import EngineConfigError
+    from ds_deblur.single_file import CheckpointFormatError
+    from ds_deblur.universal import UniversalError
     args = parse_args(argv)
     try:
         trainer = Trainer(args)
-    except (ConfigError, DatasetError, EngineConfigError, CheckpointError, FileNotFoundError) as err:
+    except (ConfigError, DatasetError, EngineConfigError, CheckpointError, CheckpointFormatError, UniversalError,
+            FileNotFoundError) as err:
         print(f"[train] error: {err}", file=sys.stderr, flush=True)
         from ds_deblur import distributed
         distributed.close()
         return 2
-    code = 0
+    code = 1
     try:
         code = trainer.fit()
+    except CheckpointError as err:
+        print(f"\n[train] error: {err}", file=sys.stderr, flush=True)  # below the progress bar's line
     finally:
         trainer.close(code)
     return code
