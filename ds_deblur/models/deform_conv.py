@@ -35,6 +35,11 @@ def sample_pixels(x: Tensor, px: Tensor, py: Tensor, mode: str = "bilinear", pad
     gx = px.to(dtype) * (2.0 / w) + (1.0 / w - 1.0)
     gy = py.to(dtype) * (2.0 / h) + (1.0 / h - 1.0)
     grid = torch.stack((gx, gy), dim=-1)
+    if padding_mode != "zeros":
+        # PyTorch's CPU grid_sample backward writes out of bounds at NaN coordinates with border/reflection
+        # padding (a segfault). A NaN in the data must end in a skipped step, and the NaN still reaches the loss
+        # through every other path.
+        grid = torch.nan_to_num(grid, nan=0.0)
     out = F.grid_sample(x.to(dtype), grid, mode=mode, padding_mode=padding_mode, align_corners=False)
     return out.to(x.dtype)
 

@@ -167,3 +167,23 @@ def test_backward_keeps_inputs_not_the_sampled_columns():
     assert sum(saved) < 9 * x.numel()  # one copy of the columns alone would be 9 * x.numel()
     out.sum().backward()
     assert all(t.grad is not None for t in (x, weight, offset, mask))
+
+
+@pytest.mark.parametrize("padding", ["border", "reflection"])
+def test_nan_coordinates_do_not_crash_backward(padding):
+    # PyTorch's CPU grid_sample backward segfaults at NaN coordinates with these paddings: run it in a child so a
+    # regression fails this test instead of killing the test session.
+    import subprocess
+    import sys
+    code = f"""
+import torch
+from ds_deblur.models.deform_conv import sample_pixels
+x = torch.rand(1, 3, 8, 8, requires_grad=True)
+px, py = torch.rand(1, 8, 8) * 7, torch.rand(1, 8, 8) * 7
+px[0, 0, 0] = float("nan")
+out = sample_pixels(x, px.requires_grad_(), py, padding_mode="{padding}")
+out.sum().backward()
+assert torch.isfinite(x.grad).all()
+"""
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
