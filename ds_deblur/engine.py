@@ -56,7 +56,11 @@ def resolve_ds_config(ds: dict, cfg: Config, world_size: int, source: str = "Dee
     for key, (value, yaml_key) in wanted.items():
         given = ds.get(key, "auto")
         if given != "auto" and given != value:
-            raise EngineConfigError(f"{source} sets {key}={given!r} but the YAML gives {yaml_key} = {value!r}; "
+            hint = ""
+            if key == "train_batch_size" and isinstance(given, int) and given % (micro * world_size):
+                hint = (f" ({given} samples cannot be split over {world_size} ranks x micro-batch {micro}: use a "
+                        f"multiple of {micro * world_size})")
+            raise EngineConfigError(f"{source} sets {key}={given!r} but the YAML gives {yaml_key} = {value!r}{hint}; "
                                     f"remove the key from the JSON (or write \"auto\") or change the YAML")
         ds[key] = value
     _check_precision(ds, source)

@@ -78,10 +78,9 @@ def read_weights_only(path: Union[str, Path], mmap: bool = False) -> Any:
     try:
         return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except pickle.UnpicklingError as err:
-        if "GLOBAL" not in str(err):  # not a refused object: bytes that are no pickle of a checkpoint at all
-            raise CheckpointFormatError(f"{path} is truncated or not a torch checkpoint ({_first_line(err)})") from None
         raise CheckpointFormatError(
-            f"{path} was refused: it holds more than tensors and plain containers ({_unpickler_reason(err)}). "
+            f"{path} was refused: it is not a plain torch checkpoint of tensors and containers "
+            f"({_unpickler_reason(err)}). "
             f"ds_deblur reads .pth files with weights_only=True and never runs code from them; if this is a "
             f"DeepSpeed tag file, pass its tag directory instead") from None
     except (RuntimeError, EOFError, zipfile.BadZipFile, OSError) as err:
@@ -92,7 +91,7 @@ def read_weights_only(path: Union[str, Path], mmap: bool = False) -> Any:
 def _unpickler_reason(err: BaseException) -> str:
     # torch's message is a page of advice; the line naming the refused global is the useful part.
     for line in str(err).splitlines():
-        if "GLOBAL" in line:
+        if "GLOBAL" in line or "Unsupported operand" in line:
             return line.replace("WeightsUnpickler error:", "").split(". Please use")[0].strip().rstrip(".")
     return _first_line(err)
 

@@ -143,6 +143,7 @@ class Trainer:
         if checkpoint.is_single_file_path(args.resume):
             single = checkpoint.read_single(Path(args.resume))
             self._say(f"[train] Loading checkpoint {args.resume}")
+            self._check_fits(single["config"])
             model.load_state_dict(single["state_dict"])  # every ZeRO stage then starts from these weights
             return lambda: checkpoint.load_single(self.engine, single, keep_optimizer)
         found = checkpoint.resolve_resume(args.resume, self.save_dir)
@@ -150,6 +151,7 @@ class Trainer:
             return None
         tag_dir = found[0] / found[1]
         self._say(f"[train] Loading checkpoint {tag_dir}")
+        self._check_fits(open_tag(tag_dir).state["config"])
         if keep_optimizer:
             saved_world = checkpoint.saved_world_size(tag_dir)
             if saved_world != self.world:
@@ -163,6 +165,11 @@ class Trainer:
         # states, DeepSpeed issue #8499), which also works on any world size.
         model.load_state_dict(fp32_state_dict(tag_dir))
         return lambda: {**open_tag(tag_dir).state, "rng_restored": False}
+
+    def _check_fits(self, saved_config: dict) -> None:
+        """A changed model or data-shape key is an error before any weight is loaded (warnings come later)."""
+        from ds_deblur import checkpoint
+        checkpoint.check_config_change(saved_config, self.cfg.to_dict(), self.world, self.world, warn=lambda _: None)
 
     def _restore(self, saved: dict) -> None:
         """Adopt a loaded checkpoint's counters and data position, and say what was restored."""

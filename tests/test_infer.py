@@ -126,7 +126,7 @@ def test_errors_name_the_problem(trained, footage, tmp_path, capsys):
     assert "Checkpoint not found" in error_of(capsys, "--ckpt", tmp_path / "nope.pth", "--output", out, "--input", seq)
     garbage = tmp_path / "garbage.pth"
     garbage.write_bytes(b"not a checkpoint")
-    assert "garbage.pth is truncated or not a torch checkpoint" in error_of(
+    assert "garbage.pth was refused: it is not a plain torch checkpoint" in error_of(
         capsys, "--ckpt", garbage, "--output", out, "--input", seq)
     subprocess.run([sys.executable, "-m", "ds_deblur.convert", str(trained / "ckpts"), "--weights-only", "--out",
                     str(tmp_path / "w.pth")], check=True, cwd=REPO, capture_output=True)
