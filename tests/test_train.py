@@ -85,8 +85,8 @@ def check_plain_torch_resume(cfg, path) -> None:
     model = build_model(cfg)
     model.load_state_dict(ckpt["state_dict"])
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.TRAIN.LR)
+    scheduler = build_scheduler(optimizer, cfg, cfg.TRAIN.TOTAL_STEPS)  # before the loads, as the README says
     optimizer.load_state_dict(ckpt["optimizer"])
-    scheduler = build_scheduler(optimizer, cfg, cfg.TRAIN.TOTAL_STEPS)
     scheduler.load_state_dict(ckpt["scheduler"])
     state = optimizer.state[next(model.parameters())]
     assert float(state["step"]) == ckpt["step"] and state["exp_avg"].abs().sum() > 0

@@ -4,7 +4,7 @@ import os
 # Kill trials (the full run uses 20), their seed, and the length of the load run in optimizer steps.
 TRIALS = int(os.environ.get("RELIABILITY_TRIALS", "3"))
 SEED = int(os.environ.get("RELIABILITY_SEED", "2026"))
-LOAD_STEPS = int(os.environ.get("RELIABILITY_LOAD_STEPS", "60"))
+LOAD_STEPS = int(os.environ.get("RELIABILITY_LOAD_STEPS", "30"))
 RESULTS_ENV = "RELIABILITY_RESULTS"  # a folder: each test appends its row to results.jsonl there
 # The full run also covers the slow cases CI leaves to it (fp16 through the CPU opt-in in the numerical faults).
 FULL = os.environ.get("RELIABILITY_FULL") == "1"

@@ -1,0 +1,69 @@
+"""Load: a long run of tiny steps on 2 ranks with a save every 5 steps and LOG.KEEP_LAST=2. Disk use stays bounded
+by what retention keeps, and each rank's resident memory stays flat (sampled once a second)."""
+from __future__ import annotations
+
+import os
+import subprocess
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+
+from reliability_settings import LOAD_STEPS
+from train_utils import REPO, train_command
+
+SAVE_EVERY, KEEP_LAST = 5, 2
+
+
+def disk_bytes(path: Path) -> int:
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file()) if path.is_dir() else 0
+
+
+def ranks_rss(launcher: psutil.Process) -> dict[int, int]:
+    """pid -> resident bytes of the launcher's training ranks."""
+    rss = {}
+    for child in launcher.children(recursive=True):
+        try:
+            if any(part.startswith("--local_rank") for part in child.cmdline()):  # a rank, not the launcher
+                rss[child.pid] = child.memory_info().rss
+        except psutil.NoSuchProcess:
+            pass
+    return rss
+
+
+@pytest.mark.dist
+@pytest.mark.slow
+def test_long_run_keeps_disk_bounded_and_memory_flat(data, tmp_path, record):
+    out = tmp_path / "run"
+    sets = [f"TRAIN.TOTAL_STEPS={LOAD_STEPS}", f"TRAIN.VAL_EVERY_STEPS={LOAD_STEPS}",
+            f"LOG.SAVE_EVERY_STEPS={SAVE_EVERY}", f"LOG.KEEP_LAST={KEEP_LAST}", "TRAIN.WARMUP_STEPS=5"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+    with open(tmp_path / "run.log", "w") as log:
+        proc = subprocess.Popen(train_command(data, out, "ds_configs/cpu_fp32.json", sets, 2), cwd=REPO, env=env,
+                                stdout=log, stderr=subprocess.STDOUT)
+    launcher, samples, peak_disk = psutil.Process(proc.pid), [], 0
+    while proc.poll() is None:
+        time.sleep(1.0)
+        rss = ranks_rss(launcher)
+        if len(rss) == 2:
+            samples.append(rss)
+        peak_disk = max(peak_disk, disk_bytes(out / "ckpts"))
+    assert proc.returncode == 0, (tmp_path / "run.log").read_text()[-4000:]
+    ckpts = out / "ckpts"
+    tags = sorted(p.name for p in ckpts.glob("step_*"))
+    assert tags == [f"step_{s:06d}" for s in range(LOAD_STEPS - SAVE_EVERY * (KEEP_LAST - 1), LOAD_STEPS + 1,
+                                                  SAVE_EVERY)]
+    tag, single = disk_bytes(ckpts / tags[-1]), (ckpts / "last.pth").stat().st_size
+    # Retention's bound: KEEP_LAST tags + one being written + best, two single files + one being replaced.
+    bound = (KEEP_LAST + 2) * tag + 3 * single + 2**20
+    assert peak_disk <= bound, (peak_disk, bound)
+    warm = samples[len(samples) // 10]  # after start-up and the first saves
+    end = samples[-1]
+    growth = {pid: (end[pid] - warm[pid]) / 2**20 for pid in warm if pid in end}
+    assert len(growth) == 2 and all(g < 64 for g in growth.values()), growth  # MiB over the whole run
+    record({"area": "load", "case": f"{LOAD_STEPS} steps on 2 ranks, save every {SAVE_EVERY}, KEEP_LAST {KEEP_LAST}",
+            "trials": 1, "faults": f"{LOAD_STEPS // SAVE_EVERY} saves", "recovered": "-", "data_lost": 0,
+            "notes": f"peak ckpts disk {peak_disk / 2**20:.0f} MiB (bound {bound / 2**20:.0f}); RSS per rank "
+                     + ", ".join(f"{warm[p] / 2**20:.0f}->{end[p] / 2**20:.0f} MiB" for p in warm if p in end)
+                     + f" over {len(samples)} s"})
