@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 from datetime import timedelta
-from pathlib import Path
 
 import torch
 import torch.distributed as dist
@@ -22,27 +21,21 @@ def init() -> tuple[int, int]:
     backend = "nccl" if torch.cuda.is_available() else "gloo"
     if torch.cuda.is_available():
         torch.cuda.set_device(local_rank())
-    deepspeed.init_distributed(dist_backend=backend, timeout=timedelta(minutes=30))
     if backend == "gloo":
-        _unlink_shm_buffer()
+        _without_shm_allreduce()
+    deepspeed.init_distributed(dist_backend=backend, timeout=timedelta(minutes=30))
     return dist.get_rank(), dist.get_world_size()
 
 
-def shm_buffer_path(rank: int) -> Path:
-    """Where DeepSpeed's CPU accelerator keeps this rank's shared-memory all-reduce buffer (~69 MB)."""
-    return Path("/dev/shm") / (f"deepspeed_allreduce_buffer_{os.getuid()}_{os.environ['MASTER_ADDR']}_"
-                               f"{os.environ['MASTER_PORT']}_{rank}")
+def _without_shm_allreduce() -> None:
+    """Keep DeepSpeed from loading its CPU shared-memory all-reduce op, which only its inference all-reduce uses.
 
-
-def _unlink_shm_buffer() -> None:
-    """Remove this rank's name for DeepSpeed's shared-memory buffer once every rank has mapped all of them.
-
-    DeepSpeed never unlinks these files, so each CPU run (and every killed one) would leave ~69 MB per rank in
-    /dev/shm, which is RAM: a few hundred runs fill it and the OOM killer follows. Unlinking after the barrier is
-    safe: each rank maps its peers' buffers inside ``init_distributed``, and a mapping outlives its name; the
-    memory itself is freed when the last process exits, however it exits."""
-    dist.barrier()
-    shm_buffer_path(dist.get_rank()).unlink(missing_ok=True)
+    Loading it JIT-builds under a file lock in ~/.cache/torch_extensions: a rank killed at start-up leaves the lock
+    behind and every later run on the machine waits on it forever. And each rank's ~69 MB buffer in /dev/shm (RAM)
+    was never unlinked, so every run, killed or not, leaked it until the OOM killer came. Training all-reduces go
+    through gloo either way. DeepSpeed keeps this dict so that edits to it persist."""
+    import deepspeed.ops
+    deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
 
 
 def local_rank() -> int:
