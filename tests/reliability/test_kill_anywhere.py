@@ -81,8 +81,15 @@ def test_killed_anywhere_then_resumed_equals_an_uninterrupted_run(data, tmp_path
             done = logged_step(out)
             save_kill = rng.random() < 0.4
             tag = rng.choice([step_tag(s) for s in range(done // 2 * 2 + 2, STEPS + 1, 2)] + ["best"])
-            proc = launch(data, out, {KILL_IN_SAVE_ENV: tag} if save_kill else {}, tmp_path / "launches.log")
-            killed = proc.wait(timeout=600) != 0 if save_kill else kill_at_random_moment(proc, out, rng)
+            proc = launch(data, out, {KILL_IN_SAVE_ENV: tag} if save_kill and kills < TRIALS else {},
+                          tmp_path / "launches.log")
+            if kills >= TRIALS:  # enough trials: let this run finish and be compared
+                killed = proc.wait(timeout=600) != 0
+                assert not killed, (tmp_path / "launches.log").read_text()[-4000:]
+            elif save_kill:
+                killed = proc.wait(timeout=600) != 0
+            else:
+                killed = kill_at_random_moment(proc, out, rng)
             if not killed:
                 assert proc.returncode == 0, (tmp_path / "launches.log").read_text()[-4000:]
                 break
