@@ -36,11 +36,17 @@ def launch(data: Path, out: Path, env: dict, log: Path) -> subprocess.Popen:
                                 start_new_session=True)
 
 
-def kill_at_random_moment(proc: subprocess.Popen, out: Path, rng: random.Random) -> bool:
-    """SIGKILL the whole job a random time after a random step was logged; False if it finished first."""
-    target = rng.randint(min(logged_step(out) + 1, STEPS), STEPS)
+def kill_at_random_moment(proc: subprocess.Popen, out: Path, rng: random.Random, resumes_at: int) -> bool:
+    """SIGKILL the whole job a random time after a random step of this launch was logged (or at once, if it
+    draws the resumed step: a kill during start-up); False if it finished first."""
+    target, launched = rng.randint(resumes_at, STEPS), time.time()
+    log = out / "metrics/train_log.jsonl"
+
+    def reached() -> bool:  # the log of this launch: rewritten at its start, so older lines do not count
+        return target == resumes_at or (log.is_file() and log.stat().st_mtime > launched
+                                        and logged_step(out) >= target)
     deadline = time.monotonic() + 600
-    while proc.poll() is None and logged_step(out) < target and time.monotonic() < deadline:
+    while proc.poll() is None and not reached() and time.monotonic() < deadline:
         time.sleep(0.05)
     time.sleep(rng.uniform(0.0, 1.5))  # anywhere in the next step, its validation or its save
     if proc.poll() is not None:
@@ -89,7 +95,7 @@ def test_killed_anywhere_then_resumed_equals_an_uninterrupted_run(data, tmp_path
             elif save_kill:
                 killed = proc.wait(timeout=600) != 0
             else:
-                killed = kill_at_random_moment(proc, out, rng)
+                killed = kill_at_random_moment(proc, out, rng, resumable_step(out / "ckpts"))
             if not killed:
                 assert proc.returncode == 0, (tmp_path / "launches.log").read_text()[-4000:]
                 break
