@@ -152,8 +152,8 @@ def run(args: argparse.Namespace) -> dict:
 
 def frame_metrics(seq: Sequence, i: int, restored: torch.Tensor) -> dict:
     """PSNR (RGB, Y), SSIM (Y) of a written frame and of its blurry input, against the sharp frame."""
-    sharp = read_png(seq.path / "sharp" / f"{seq.frames[i]}.png", seq.size)[None]
-    blur = read_png(seq.path / "blur" / f"{seq.frames[i]}.png", seq.size)[None]
+    sharp = read_png(seq.sharp(i), seq.size)[None]
+    blur = read_png(seq.blur(i), seq.size)[None]
     record = {"seq": seq.name, "frame": seq.frames[i]}
     for prefix, image in (("", restored[None]), ("input_", blur)):
         record.update({f"{prefix}psnr_rgb": psnr(image, sharp).item(), f"{prefix}psnr_y": psnr_y(image, sharp).item(),

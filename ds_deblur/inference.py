@@ -20,7 +20,7 @@ from PIL import Image
 
 from ds_deblur.config import Config, load_config
 from ds_deblur.data.errors import DatasetError
-from ds_deblur.data.layout import SPIKE_DIR, VOXEL_DIR, read_meta
+from ds_deblur.data.layout import SPIKE_DIR, VOXEL_DIR, SequenceInfo, read_meta
 from ds_deblur.data.voxel import STATS_FILE, VoxelStats, resample_window, voxelize_dat
 from ds_deblur.single_file import CheckpointFormatError, checkpoint_not_found, is_single_file, read_weights_only
 from ds_deblur.tiling import blend_ramp, tile_starts
@@ -133,13 +133,9 @@ def _recorded_stats(cfg: Config, recorded: dict, data_root: Optional[Path]) -> t
 # --- sequences -----------------------------------------------------------------------------------------------------
 
 @dataclass(frozen=True)
-class Sequence:
+class Sequence(SequenceInfo):
     """One folder ``SEQ/{blur,spike|spike_vox}`` (+ optional ``sharp``) of frames with the same names."""
-    name: str
-    path: Path
-    frames: tuple[str, ...]
-    size: tuple[int, int]
-    has_sharp: bool
+    has_sharp: bool = False
 
 
 def open_sequence(seq_dir: Path, spike: SpikeInput) -> Sequence:
@@ -160,15 +156,13 @@ def open_sequence(seq_dir: Path, spike: SpikeInput) -> Sequence:
 
 def load_frame(seq: Sequence, i: int, spike: SpikeInput) -> tuple[torch.Tensor, torch.Tensor]:
     """(blur (3,H,W) in [0,1], normalised spike voxel (K,H,W)) of frame ``i``."""
-    name = seq.frames[i]
-    blur = read_png(seq.path / "blur" / f"{name}.png", seq.size)
-    cached = seq.path / VOXEL_DIR / f"{name}.npy"
-    if (seq.path / SPIKE_DIR / f"{name}.dat").is_file():
-        vox = voxelize_dat(seq.path / SPIKE_DIR / f"{name}.dat", spike.size, spike.k)
+    blur = read_png(seq.blur(i), seq.size)
+    if seq.spike(i).is_file():
+        vox = voxelize_dat(seq.spike(i), spike.size, spike.k)
     else:
-        vox = np.load(cached, mmap_mode="r")
+        vox = np.load(seq.voxel(i), mmap_mode="r")
         if vox.shape[0] != spike.k:
-            raise InferenceError(f"{cached} holds {vox.shape[0]} spike bins; the model takes DATA.K = {spike.k}")
+            raise InferenceError(f"{seq.voxel(i)} holds {vox.shape[0]} spike bins; the model takes DATA.K = {spike.k}")
     vox = resample_window(vox, seq.size, (0, 0, *seq.size))
     return blur, torch.from_numpy((vox - spike.mean) / spike.std)
 
