@@ -1,0 +1,62 @@
+"""``python -m ds_deblur.bench NAME [options] [--out FILE.json]``: run one benchmark, print its table, save JSON."""
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Optional, Sequence
+
+from ds_deblur.bench import __doc__ as overview
+from ds_deblur.bench.common import host
+
+NAMES = ("engine", "memory", "checkpoint", "data", "model")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m ds_deblur.bench", description=overview,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="name", metavar="NAME", required=True)
+    for name in NAMES:
+        module = importlib.import_module(f"ds_deblur.bench.{name}")
+        child = sub.add_parser(name, help=module.__doc__.split(":", 1)[1].split(".")[0].strip(),
+                               description=module.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+        module.add_arguments(child)
+        child.add_argument("--out", type=Path, help="write the results, with every raw timing, to this JSON file")
+        child.add_argument("--work-dir", type=Path,
+                           help="where runs write their data and checkpoints (default: a temporary folder, removed "
+                                "afterwards; its disk is the one checkpoint speed measures)")
+    return parser
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
+    module = importlib.import_module(f"ds_deblur.bench.{args.name}")
+    if args.out is not None and not args.out.parent.is_dir():
+        print(f"bench: --out {args.out}: folder {args.out.parent} does not exist", file=sys.stderr)
+        return 2
+    if args.work_dir is not None:
+        args.work_dir.mkdir(parents=True, exist_ok=True)
+    started = time.perf_counter()
+    machine = host()
+    with tempfile.TemporaryDirectory(dir=args.work_dir, prefix=f"bench_{args.name}_") as work:
+        try:
+            results = module.run(args, Path(work))
+        except (RuntimeError, ValueError) as err:
+            print(f"bench {args.name}: {err}", file=sys.stderr)
+            return 1
+    results = {**results, "benchmark": args.name, "host": machine,
+               "load_average_end": os.getloadavg(), "seconds": time.perf_counter() - started}
+    print(module.table(results))
+    if args.out is not None:
+        args.out.write_text(json.dumps(results, indent=1) + "\n")
+        print(f"[bench {args.name}] results -> {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,58 @@
+"""data: clips/s of the training loader (tiny and base shapes, ``.dat`` and voxel cache, 0 and 2 workers) against
+the clips/s one rank's training step consumes, and ``.dat`` -> voxel MB/s (``ds_deblur.data.throughput``).
+
+Consumption is measured here for tiny (forward+backward of the model at the loader's shape, one rank). For base
+on a CPU, where its training step does not fit, the reference is the original trainer's 0.5 samples/s on 3 GPUs
+(0.17 clips/s per GPU); on a GPU it is measured.
+"""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import torch
+
+from ds_deblur.bench.common import format_table
+from ds_deblur.data import throughput
+from ds_deblur.models.speed import measure
+
+ORIGINAL_PER_GPU = 0.5 / 3  # clips/s per GPU of the original torchrun/AMP loop (batch 1, 5 frames, 256x256)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--batches", type=int, default=30, help="timed batches per loader configuration")
+    parser.add_argument("--workers", type=int, nargs="+", default=[0, 2], help="loader worker counts")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch threads of this process (1: as each rank runs on a shared CPU)")
+
+
+def run(args: argparse.Namespace, work: Path) -> dict:
+    torch.set_num_threads(args.threads)
+    results = throughput.run(work, args.batches, args.workers)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    shapes = {"tiny": (1, throughput.CLIP_LEN, 64, 64, throughput.K),
+              "base": (1, throughput.CLIP_LEN, 256, 256, throughput.K)}
+    consumption = []
+    for shape_name, shape in shapes.items():
+        if shape_name == "base" and device.type == "cpu":
+            consumption.append({"shape": shape_name, "clips_per_s": ORIGINAL_PER_GPU,
+                                "source": "original trainer: 0.5 samples/s on 3 GPUs"})
+            continue
+        row = measure(shape_name, shape, device, checkpointing=False, repeats=2)
+        consumption.append({"shape": shape_name, "clips_per_s": 1000.0 / row["forward_backward_ms"],
+                            "source": f"forward+backward on {device}, 1 rank", "model": row})
+    return {"settings": {"batches": args.batches, "workers": args.workers, "threads": args.threads},
+            **results, "consumption": consumption}
+
+
+def table(results: dict) -> str:
+    rows = []
+    for need in results["consumption"]:
+        loaders = [r for r in results["loader"] if r["shape"] == need["shape"]]
+        slowest = min(loaders, key=lambda r: r["clips_per_s"])
+        rows.append([need["shape"], f"{need['clips_per_s']:.3f}", need["source"],
+                     f"{slowest['clips_per_s']:.2f} ({slowest['source']}, {slowest['workers']} workers)",
+                     f"{slowest['clips_per_s'] / need['clips_per_s']:.0f}x"])
+    return (throughput.table(results) + "\n\n"
+            + format_table(["shape", "step consumes clips/s", "measured by", "slowest loader clips/s", "headroom"],
+                           rows))
