@@ -71,9 +71,12 @@ def test_memory_bench_reads_sharded_state_from_the_engine(tmp_path):
     assert solo["gradients"] == solo["parameters"]
     assert 2 * solo["parameters"] <= solo["optimizer_state"] < 2.01 * solo["parameters"]
     assert solo["master_weights"] == 0
-    for rank in (0, 1):  # ZeRO 3 on 2 ranks: each holds half the parameters, up to partition padding
-        assert held[(3, 2, rank)]["parameters"] == pytest.approx(held[(3, 1, 0)]["parameters"] / 2, rel=0.02)
-        assert held[(3, 2, rank)]["optimizer_state"] < 0.51 * held[(3, 1, 0)]["optimizer_state"]
+    whole = held[(3, 1, 0)]
+    for rank in (0, 1):  # ZeRO 3 on 2 ranks: half of gradients and optimizer state (up to padding); parameters
+        # between half and whole: those under stage3_param_persistence_threshold stay whole on every rank
+        assert held[(3, 2, rank)]["optimizer_state"] < 0.51 * whole["optimizer_state"]
+        assert held[(3, 2, rank)]["gradients"] < 0.51 * whole["gradients"]
+        assert 0.49 * whole["parameters"] < held[(3, 2, rank)]["parameters"] < whole["parameters"]
     assert all(r["peak_mib"] > 0 for r in result["ranks"])
     assert "ZeRO 3" in proc.stdout and result["host"]["torch"]
 

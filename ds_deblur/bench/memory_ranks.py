@@ -51,13 +51,15 @@ def _innermost(optimizer: Any) -> torch.optim.Optimizer:
 def held_bytes(engine: Any) -> dict[str, int]:
     """Bytes of tensor storage this rank holds, by role, each storage counted once (in the first role that has it).
 
-    Read from the engine's own objects: module parameters (ZeRO 3: this rank's ``ds_tensor`` partition), the
+    Read from the engine's own objects: module parameters (ZeRO 3: this rank's ``ds_tensor`` partition and any whole parameter it keeps), the
     torch optimizer's state, the ZeRO optimizer's fp32 and gradient attributes, its reduction buckets (allocated
     size; on a CPU only the touched pages are resident), and every tensor alive in the process."""
     params = list(engine.module.parameters())
     wrapper, base = engine.optimizer, _innermost(engine.optimizer)
     roles = {
-        "parameters": [getattr(p, "ds_tensor", p.data) for p in params],
+        # ZeRO 3: the partition, plus the whole tensor of parameters it keeps gathered (under its persistence
+        # threshold, or not yet released); a released one's data is empty.
+        "parameters": [p.data for p in params] + [p.ds_tensor for p in params if hasattr(p, "ds_tensor")],
         "master_weights": _attributes(wrapper, "fp32") if wrapper is not base else [],
         "optimizer_state": [t for state in base.state.values() for t in _tensors(state)],
         "gradients": [p.grad for p in params if p.grad is not None] + _attributes(wrapper, "grad"),
