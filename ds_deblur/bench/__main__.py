@@ -21,9 +21,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m ds_deblur.bench", description=overview,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="name", metavar="NAME", required=True)
+    # One line per benchmark, from the package docstring's list ("NAME  what it measures").
+    lines = {words[0]: words[1] for words in (line.split(None, 1) for line in overview.splitlines())
+             if len(words) == 2 and words[0] in NAMES}
     for name in NAMES:
         module = importlib.import_module(f"ds_deblur.bench.{name}")
-        child = sub.add_parser(name, help=module.__doc__.split(":", 1)[1].split(".")[0].strip(),
+        child = sub.add_parser(name, help=lines[name],
                                description=module.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
         module.add_arguments(child)
         child.add_argument("--out", type=Path, help="write the results, with every raw timing, to this JSON file")

@@ -12,16 +12,18 @@ import json
 import sys
 from pathlib import Path
 
-from ds_deblur.bench.common import MIB, REPO, dir_bytes, format_table, measured_child, run_checked, summary, torchrun
+from ds_deblur.bench.common import (MIB, REPO, dir_bytes, format_table, measured_child, positive_int, run_checked,
+                                    summary, torchrun)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", default=str(REPO / "ds_configs/vrt_spike_baseline.yaml"),
                         help="experiment YAML giving the model (default: the base preset)")
     parser.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE")
-    parser.add_argument("--ranks", type=int, default=2)
+    parser.add_argument("--ranks", type=positive_int, default=2)
     parser.add_argument("--stage", type=int, default=2, choices=[0, 1, 2])
-    parser.add_argument("--repeats", type=int, default=5, help="saves, loads and converter runs of each kind")
+    parser.add_argument("--repeats", type=positive_int, default=5,
+                        help="saves, loads and converter runs of each kind")
 
 
 def _converters(ckpt: Path, tag: str, work: Path) -> dict[str, tuple[list[str], Path]]:
@@ -89,4 +91,5 @@ def table(results: dict) -> str:
         [name, f"{c['seconds']['median']:.2f}", f"{c['written_mib']:.0f}", f"{c['peak_rss_mib']:.0f}",
          f"{c['peak_above_interpreter_mib']:.0f}", f"{c['rss_over_written']:.2f}"]
         for name, c in results["converters"].items()])
-    return f"{io}\n\n{conv}\n(interpreter with torch + deepspeed imported: {min(results['interpreter_peak_rss_mib']):.0f} MiB)"
+    interpreter = min(results["interpreter_peak_rss_mib"])
+    return f"{io}\n\n{conv}\n(interpreter with torch + deepspeed imported: {interpreter:.0f} MiB)"

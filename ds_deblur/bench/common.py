@@ -2,6 +2,7 @@
 measuring child processes."""
 from __future__ import annotations
 
+import argparse
 import os
 import platform
 import socket
@@ -46,6 +47,14 @@ def summary(values: Sequence[float]) -> dict:
     med = statistics.median(values)
     return {"median": med, "min": min(values), "max": max(values), "n": len(values),
             "spread": (max(values) - min(values)) / med if med else 0.0}
+
+
+def positive_int(text: str) -> int:
+    """argparse type: an integer >= 1."""
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} is not >= 1")
+    return value
 
 
 def free_port() -> int:

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 
-from ds_deblur.bench.common import format_table
+from ds_deblur.bench.common import format_table, positive_int
 from ds_deblur.data import throughput
 from ds_deblur.models.speed import measure
 
@@ -20,9 +20,9 @@ ORIGINAL_PER_GPU = 0.5 / 3  # clips/s per GPU of the original torchrun/AMP loop 
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--batches", type=int, default=30, help="timed batches per loader configuration")
+    parser.add_argument("--batches", type=positive_int, default=30, help="timed batches per loader configuration")
     parser.add_argument("--workers", type=int, nargs="+", default=[0, 2], help="loader worker counts")
-    parser.add_argument("--threads", type=int, default=1,
+    parser.add_argument("--threads", type=positive_int, default=1,
                         help="torch threads of this process (1: as each rank runs on a shared CPU)")
 
 

@@ -17,7 +17,8 @@ from pathlib import Path
 
 import torch
 
-from ds_deblur.bench.common import REPO, deepspeed_launcher, format_table, run_checked, summary, torchrun
+from ds_deblur.bench.common import (REPO, deepspeed_launcher, format_table, positive_int, run_checked, summary,
+                                    torchrun)
 from ds_deblur.config import load_config
 from ds_deblur.data.synth import SynthConfig, generate
 
@@ -30,10 +31,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="experiment YAML (default: the tiny preset of the CPU demo)")
     parser.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
                         help="config override for every run (repeatable)")
-    parser.add_argument("--ranks", type=int, default=max(torch.cuda.device_count(), 2),
+    parser.add_argument("--ranks", type=positive_int, default=torch.cuda.device_count() or 2,
                         help="world size (default: the GPUs, or 2 CPU ranks)")
-    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds (each runs every variant once)")
-    parser.add_argument("--steps", type=int, default=8, help="timed optimizer steps per run")
+    parser.add_argument("--rounds", type=positive_int, default=3,
+                        help="interleaved rounds (each runs every variant once)")
+    parser.add_argument("--steps", type=positive_int, default=8, help="timed optimizer steps per run")
     parser.add_argument("--warmup", type=int, default=2, help="untimed steps at the start of each run")
     parser.add_argument("--stages", type=int, nargs="+", default=list(STAGES), choices=STAGES)
     parser.add_argument("--workers", type=int, default=0, help="DATALOADER.NUM_WORKERS of both loops")

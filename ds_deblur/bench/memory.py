@@ -11,7 +11,7 @@ import json
 import statistics
 from pathlib import Path
 
-from ds_deblur.bench.common import MIB, REPO, format_table, run_checked, torchrun
+from ds_deblur.bench.common import MIB, REPO, format_table, positive_int, run_checked, torchrun
 
 SHARDED_FROM = {"optimizer_state": 1, "master_weights": 1, "gradients": 2, "parameters": 3}
 ROLES = ("parameters", "gradients", "master_weights", "optimizer_state")
@@ -21,7 +21,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", default=str(REPO / "ds_configs/tiny_synth.yaml"),
                         help="experiment YAML: model preset and training shape (default: the tiny CPU demo)")
     parser.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE")
-    parser.add_argument("--world-sizes", type=int, nargs="+", default=[1, 2, 4])
+    parser.add_argument("--world-sizes", type=positive_int, nargs="+", default=[1, 2, 4])
     parser.add_argument("--stages", type=int, nargs="+", default=[0, 1, 2, 3], choices=[0, 1, 2, 3])
 
 

@@ -51,9 +51,10 @@ def _innermost(optimizer: Any) -> torch.optim.Optimizer:
 def held_bytes(engine: Any) -> dict[str, int]:
     """Bytes of tensor storage this rank holds, by role, each storage counted once (in the first role that has it).
 
-    Read from the engine's own objects: module parameters (ZeRO 3: this rank's ``ds_tensor`` partition and any whole parameter it keeps), the
-    torch optimizer's state, the ZeRO optimizer's fp32 and gradient attributes, its reduction buckets (allocated
-    size; on a CPU only the touched pages are resident), and every tensor alive in the process."""
+    Read from the engine's own objects: module parameters (ZeRO 3: this rank's ``ds_tensor`` partitions and the
+    parameters it keeps whole), the torch optimizer's state, the ZeRO optimizer's fp32 and gradient attributes, its
+    reduction buckets (allocated size; on a CPU only the touched pages are resident), and every tensor alive in the
+    process."""
     params = list(engine.module.parameters())
     wrapper, base = engine.optimizer, _innermost(engine.optimizer)
     roles = {
@@ -115,7 +116,8 @@ def measure_stage(cfg: Any, stage: int, device: torch.device) -> dict:
 
 
 def main(argv: Optional[list[str]] = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m ds_deblur.bench.memory_ranks", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m ds_deblur.bench.memory_ranks",
+                                     description=__doc__.split("\n\n")[0])
     parser.add_argument("--config", required=True)
     parser.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE")
     parser.add_argument("--stages", type=int, nargs="+", default=[0, 1, 2, 3])

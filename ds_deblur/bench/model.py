@@ -10,16 +10,16 @@ from pathlib import Path
 
 import torch
 
-from ds_deblur.bench.common import format_table
+from ds_deblur.bench.common import format_table, positive_int
 from ds_deblur.models.speed import TRAIN_SHAPES, measure
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--preset", nargs="+", default=["tiny", "base"], choices=sorted(TRAIN_SHAPES))
-    parser.add_argument("--repeats", type=int, default=2, help="timed runs per measurement after one warm-up")
+    parser.add_argument("--repeats", type=positive_int, default=2, help="timed runs per measurement after one warm-up")
     parser.add_argument("--cpu-base-shape", nargs=5, type=int, default=[1, 3, 64, 64, 32],
                         metavar=("B", "T", "H", "W", "K"), help="the base preset's input on a CPU")
-    parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
+    parser.add_argument("--threads", type=positive_int, help="torch CPU threads (default: torch's choice)")
 
 
 def run(args: argparse.Namespace, work: Path) -> dict:
