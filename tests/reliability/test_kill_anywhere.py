@@ -20,6 +20,9 @@ from train_utils import REPO, output_of, run_train, train_command
 
 STEPS = 10
 SETS = [f"TRAIN.TOTAL_STEPS={STEPS}", "TRAIN.VAL_EVERY_STEPS=5", "LOG.SAVE_EVERY_STEPS=2", "LOG.KEEP_LAST=2"]
+# Kills per run before it may finish: spreads the trials over several runs. A run whose last step is already saved
+# is not killed again: its relaunches could only be killed in start-up, and such kills would pile up at its end.
+KILLS_PER_RUN = 4
 
 
 def logged_step(out: Path) -> int:
@@ -82,24 +85,24 @@ def test_killed_anywhere_then_resumed_equals_an_uninterrupted_run(data, tmp_path
     kills = in_save = lost = runs = 0
     moments = []  # (last step logged, step resumed from) per kill
     while kills < TRIALS:
-        out, runs = tmp_path / f"run{runs}", runs + 1
+        out, runs, run_kills = tmp_path / f"run{runs}", runs + 1, 0
         while True:  # one run: relaunched with --resume auto until it completes
-            done = logged_step(out)
-            save_kill = rng.random() < 0.4
+            done, resumes_at = logged_step(out), resumable_step(out / "ckpts")
+            kill = kills < TRIALS and run_kills < KILLS_PER_RUN and resumes_at < STEPS
+            save_kill = kill and rng.random() < 0.4
             tag = rng.choice([step_tag(s) for s in range(done // 2 * 2 + 2, STEPS + 1, 2)] + ["best"])
-            proc = launch(data, out, {KILL_IN_SAVE_ENV: tag} if save_kill and kills < TRIALS else {},
-                          tmp_path / "launches.log")
-            if kills >= TRIALS:  # enough trials: let this run finish and be compared
+            proc = launch(data, out, {KILL_IN_SAVE_ENV: tag} if save_kill else {}, tmp_path / "launches.log")
+            if not kill:  # enough kills for this run: let it finish and be compared
                 killed = proc.wait(timeout=600) != 0
                 assert not killed, (tmp_path / "launches.log").read_text()[-4000:]
             elif save_kill:
                 killed = proc.wait(timeout=600) != 0
             else:
-                killed = kill_at_random_moment(proc, out, rng, resumable_step(out / "ckpts"))
+                killed = kill_at_random_moment(proc, out, rng, resumes_at)
             if not killed:
                 assert proc.returncode == 0, (tmp_path / "launches.log").read_text()[-4000:]
                 break
-            kills, in_save = kills + 1, in_save + save_kill
+            kills, in_save, run_kills = kills + 1, in_save + save_kill, run_kills + 1
             moments.append((logged_step(out), resumable_step(out / "ckpts")))
             lost += max(moments[-1][0] - moments[-1][1], 0)
         assert read_train_log(out) == want_log  # every step's loss, LR, grad norm: bitwise
