@@ -16,7 +16,7 @@ def init() -> tuple[int, int]:
     os.environ.setdefault("LOCAL_RANK", "0")
     os.environ.setdefault("WORLD_SIZE", "1")
     os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
-    os.environ.setdefault("MASTER_PORT", str(_free_port()))
+    os.environ.setdefault("MASTER_PORT", str(free_port()))
     import deepspeed
     backend = "nccl" if torch.cuda.is_available() else "gloo"
     if torch.cuda.is_available():
@@ -83,7 +83,8 @@ def _collective_device() -> torch.device:
     return device() if dist.get_backend() == "nccl" else torch.device("cpu")
 
 
-def _free_port() -> int:
+def free_port() -> int:
+    """A TCP port on this machine that is free now (for a process group's rendezvous)."""
     import socket
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import sys
 from pathlib import Path
 
@@ -48,6 +49,7 @@ def run(args: argparse.Namespace, work: Path) -> dict:
         command += ["--set", item]
     run_checked(torchrun(args.ranks, "ds_deblur.bench.checkpoint_ranks", command), work / "ranks.log")
     ranks = json.loads((work / "ranks.json").read_text())
+    medians = {key: statistics.median(ranks[key]) for key in ("save_s", "load_s", "raw_save_s", "raw_load_s")}
     size_mb = ranks["tag_bytes"][-1] / 1e6
     tools = _converters(work / "ckpts", ranks["tag"], work)
     interpreter = [measured_child([sys.executable, "-c", "import torch, deepspeed"])["peak_rss_mib"]
@@ -61,23 +63,20 @@ def run(args: argparse.Namespace, work: Path) -> dict:
     converters = {}
     for name, rows in runs.items():
         written = rows[-1]["bytes_written"] / MIB
-        peak = summary([r["peak_rss_mib"] for r in rows])["median"]
+        peak = statistics.median(r["peak_rss_mib"] for r in rows)
         converters[name] = {"seconds": summary([r["seconds"] for r in rows]), "peak_rss_mib": peak,
                             "peak_above_interpreter_mib": peak - baseline, "written_mib": written,
                             "rss_over_written": (peak - baseline) / written, "runs": rows}
     return {"settings": {"config": args.config, "sets": args.set, "ranks": args.ranks, "stage": args.stage,
                          "repeats": args.repeats, "precision": ranks["precision"], "params": ranks["params"]},
-            "sharded": {**ranks, "tag_mb": size_mb,
-                        "save_mb_per_s": size_mb / summary(ranks["save_s"])["median"],
-                        "load_mb_per_s": size_mb / summary(ranks["load_s"])["median"],
-                        "raw_save_mb_per_s": size_mb / summary(ranks["raw_save_s"])["median"],
-                        "raw_load_mb_per_s": size_mb / summary(ranks["raw_load_s"])["median"]},
+            "sharded": {**ranks, "tag_mb": size_mb, "median_s": medians,
+                        **{f"{key[:-2]}_mb_per_s": size_mb / seconds for key, seconds in medians.items()}},
             "interpreter_peak_rss_mib": interpreter, "converters": converters}
 
 
 def table(results: dict) -> str:
     s = results["sharded"]
-    med = {key: summary(s[key])["median"] for key in ("save_s", "load_s", "raw_save_s", "raw_load_s")}
+    med = s["median_s"]
     io = format_table(["operation", "MB", "seconds (median)", "MB/s"], [
         [f"tag save (ZeRO {s['stage']}, {s['world_size']} ranks)", f"{s['tag_mb']:.0f}", f"{med['save_s']:.2f}",
          f"{s['save_mb_per_s']:.0f}"],

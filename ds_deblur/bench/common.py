@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import os
 import platform
-import socket
 import statistics
 import subprocess
 import sys
@@ -14,6 +13,8 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 import torch
+
+from ds_deblur.distributed import free_port
 
 REPO = Path(__file__).resolve().parents[2]
 MIB = 2 ** 20
@@ -55,12 +56,6 @@ def positive_int(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"{value} is not >= 1")
     return value
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def rank_env() -> dict:
