@@ -21,7 +21,7 @@ from typing import Callable, Optional
 import torch
 
 from ds_deblur import checkpoint, distributed, engine as eng
-from ds_deblur.bench.common import REPO, dir_bytes
+from ds_deblur.bench.common import dir_bytes, ds_json_for_stage
 from ds_deblur.config import load_config
 from ds_deblur.models import build_model
 from ds_deblur.single_file import fsync_path
@@ -61,10 +61,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     args = parser.parse_args(argv)
     cfg = load_config(args.config, [*args.set, "DATA.ROOT=unused"])
     rank, world = distributed.init()
-    template = REPO / ("ds_configs/zero2_fp16.json" if torch.cuda.is_available() else "ds_configs/cpu_fp32.json")
-    ds = json.loads(template.read_text())
-    ds["zero_optimization"]["stage"] = args.stage
-    ds = eng.resolve_ds_config(ds, cfg, world, source=str(template))
+    ds, source = ds_json_for_stage(args.stage)
+    ds = eng.resolve_ds_config(ds, cfg, world, source=source)
     engine = eng.initialize(build_model(cfg), cfg, ds, total_steps=10)
     for _ in range(engine.gradient_accumulation_steps()):  # one optimizer step
         engine.backward(sum((p * 0).sum() for p in engine.module.parameters()).float())

@@ -3,6 +3,7 @@ measuring child processes."""
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import platform
 import statistics
@@ -48,6 +49,15 @@ def summary(values: Sequence[float]) -> dict:
     med = statistics.median(values)
     return {"median": med, "min": min(values), "max": max(values), "n": len(values),
             "spread": (max(values) - min(values)) / med if med else 0.0}
+
+
+def ds_json_for_stage(stage: int) -> tuple[dict, str]:
+    """The DeepSpeed JSON the benchmarks use (GPU: zero2_fp16.json, CPU: cpu_fp32.json) at ZeRO ``stage``, and
+    the file it came from."""
+    path = REPO / ("ds_configs/zero2_fp16.json" if torch.cuda.is_available() else "ds_configs/cpu_fp32.json")
+    ds = json.loads(path.read_text())
+    ds["zero_optimization"]["stage"] = stage
+    return ds, str(path)
 
 
 def positive_int(text: str) -> int:

@@ -17,8 +17,8 @@ from pathlib import Path
 
 import torch
 
-from ds_deblur.bench.common import (REPO, deepspeed_launcher, format_table, positive_int, run_checked, summary,
-                                    torchrun)
+from ds_deblur.bench.common import (REPO, deepspeed_launcher, ds_json_for_stage, format_table, positive_int,
+                                    run_checked, summary, torchrun)
 from ds_deblur.config import load_config
 from ds_deblur.data.synth import SynthConfig, generate
 
@@ -69,10 +69,7 @@ def run(args: argparse.Namespace, work: Path) -> dict:
 
 
 def _run_trainer(args: argparse.Namespace, sets: list[str], out: Path, stage: int) -> dict:
-    cuda = torch.cuda.is_available()
-    template = REPO / ("ds_configs/zero2_fp16.json" if cuda else "ds_configs/cpu_fp32.json")
-    ds = json.loads(template.read_text())
-    ds["zero_optimization"]["stage"] = stage
+    ds, _ = ds_json_for_stage(stage)
     out.mkdir(parents=True)
     (out / "ds.json").write_text(json.dumps(ds, indent=1))
     total = args.warmup + args.steps

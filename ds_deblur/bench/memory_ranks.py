@@ -16,7 +16,7 @@ from typing import Any, Iterator, Optional
 import torch
 
 from ds_deblur import distributed, engine as eng
-from ds_deblur.bench.common import REPO
+from ds_deblur.bench.common import ds_json_for_stage
 from ds_deblur.config import load_config
 from ds_deblur.losses import DeblurLoss
 from ds_deblur.models import build_model
@@ -85,11 +85,9 @@ def held_bytes(engine: Any) -> dict[str, int]:
 
 
 def measure_stage(cfg: Any, stage: int, device: torch.device) -> dict:
-    template = REPO / ("ds_configs/zero2_fp16.json" if device.type == "cuda" else "ds_configs/cpu_fp32.json")
-    ds = json.loads(template.read_text())
-    ds["zero_optimization"]["stage"] = stage
+    ds, source = ds_json_for_stage(stage)
     world = torch.distributed.get_world_size()
-    ds = eng.resolve_ds_config(ds, cfg, world, source=str(template))
+    ds = eng.resolve_ds_config(ds, cfg, world, source=source)
     peak = PeakMemory(device)
     peak.start()
     torch.manual_seed(cfg.SEED)
