@@ -4,7 +4,9 @@ Works under the ``deepspeed`` launcher, ``torchrun`` and a plain single ``python
 from __future__ import annotations
 
 import os
+import sys
 from datetime import timedelta
+from typing import NoReturn
 
 import torch
 import torch.distributed as dist
@@ -77,6 +79,19 @@ def close() -> None:
     """Destroy the process group so no rank is left hanging at exit."""
     if dist.is_initialized():
         dist.destroy_process_group()
+
+
+def end_rank(code: int = 0) -> NoReturn:
+    """End a rank process whose work is done and whose files are closed: all ranks meet, then it exits at once.
+
+    Skipping interpreter shutdown is the point. DeepSpeed keeps references to its process groups (engine,
+    optimizer, ZeRO-3 parameters), so ``destroy_process_group`` cannot join gloo's worker threads, and one of
+    them may still be releasing the tensors of the last collective while the interpreter shuts down; taking
+    the GIL then aborts the finished process (SIGABRT, "terminate called without an active exception")."""
+    barrier()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 def _collective_device() -> torch.device:

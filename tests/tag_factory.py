@@ -75,11 +75,9 @@ def train_and_save(rank: int, world: int, port: int, root: str, names: list[str]
                       MASTER_PORT=str(port), DS_DEBLUR_ALLOW_CPU_FP16="1")
     torch.set_num_threads(1)
     distributed.init()
-    try:
-        for name in names:
-            save_tag(rank, Path(root), name)
-    finally:
-        torch.distributed.destroy_process_group()
+    for name in names:
+        save_tag(rank, Path(root), name)
+    distributed.end_rank()
 
 
 def train_step(engine, step: int, rank: int, dtype: torch.dtype) -> None:

@@ -1,5 +1,4 @@
 import math
-import socket
 
 import numpy as np
 import pytest
@@ -7,6 +6,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
+from ds_deblur.distributed import free_port
 from ds_deblur.metrics import MetricSums, psnr, psnr_y, rgb_to_y, ssim, ssim_y
 
 
@@ -148,12 +148,6 @@ def dist_worker(rank: int, world_size: int, port: int, out_dir: str) -> None:
         torch.save({"means": sums.all_reduce().means(), "count": sums.count}, f"{out_dir}/rank{rank}.pt")
     finally:
         dist.destroy_process_group()
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @pytest.mark.dist

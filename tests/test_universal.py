@@ -42,12 +42,12 @@ def load_elsewhere(rank: int, world: int, port: int, tag_dir: str, out: str, ena
         state = checkpoint.load(engine, tag_dir.parent, tag_dir.name)
     except checkpoint.CheckpointError as exc:
         torch.save({"error": str(exc)}, out)
-        return
+        distributed.end_rank()
     loaded = _reference(engine)
     loaded["adam_step"] = sorted({float(s["step"]) for s in engine.optimizer.optimizer.state.values()})
     if rank == 0:
         torch.save({"loaded": loaded, "state": state}, out)
-    torch.distributed.destroy_process_group()
+    distributed.end_rank()
 
 
 def load_on(world: int, tag_dir: Path, out: Path, enable: bool = True) -> dict:

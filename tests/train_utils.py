@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -11,6 +10,7 @@ from typing import Optional
 import torch
 
 from ds_deblur.config import Config, load_config
+from ds_deblur.distributed import free_port
 from ds_deblur.data.synth import SynthConfig, generate
 
 REPO = Path(__file__).resolve().parents[1]
@@ -25,12 +25,6 @@ BASE_SETS = ["MODEL.PRESET=tiny", "DATA.K=4", "DATA.CLIP_LEN=2", "DATA.CROP_SIZE
 
 def make_dataset(root: Path) -> Path:
     return generate(root, SYNTH)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def train_command(data: Path, out: Path, ds_json: str, sets=(), ranks: int = 2, extra=()) -> list[str]:

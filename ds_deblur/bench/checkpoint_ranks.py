@@ -87,9 +87,8 @@ def main(argv: Optional[list[str]] = None) -> int:
             "world_size": world, "stage": args.stage, "precision": eng.precision_of(ds), "params": params,
             "tag": checkpoint.step_tag(args.repeats), "tag_bytes": sizes, "save_s": saves, "load_s": loads,
             "raw_save_s": [w for w, _ in raw], "raw_load_s": [r for _, r in raw], "cpus": os.cpu_count()}))
-    distributed.close()
     return 0
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    distributed.end_rank(main())

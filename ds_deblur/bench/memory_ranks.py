@@ -127,9 +127,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     for stage in args.stages:
         row = measure_stage(cfg, stage, device)
         (args.out / f"stage{stage}_rank{row['rank']}.json").write_text(json.dumps(row))
-    distributed.close()
     return 0
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    distributed.end_rank(main())
