@@ -28,6 +28,7 @@ import torch
 import torch.distributed as dist
 
 from ds_deblur import distributed, universal
+from ds_deblur.errors import CheckpointError
 from ds_deblur.single_file import fsync_path, write_atomic
 
 COMMIT = "COMMIT.json"
@@ -38,10 +39,6 @@ FORMAT_VERSION = 1
 # Fault injection for tests and the reliability suite: the tag at whose save the last rank SIGKILLs itself after
 # writing its files, before the commit (a crash in the middle of a save). Never set in real runs.
 KILL_IN_SAVE_ENV = "DS_DEBLUR_KILL_IN_SAVE"
-
-
-class CheckpointError(RuntimeError):
-    """A checkpoint is missing, incomplete, unreadable or does not fit this run."""
 
 
 @dataclass

@@ -15,12 +15,10 @@ from typing import Any, Iterable, Optional, Union, get_args, get_origin, get_typ
 
 import yaml
 
+from ds_deblur.errors import ConfigError
+
 MODEL_PRESETS = ("tiny", "base", "vrt_gopro")
 VGG_LAYERS = ("relu1_2", "relu2_2", "relu3_3", "relu4_3", "relu5_3")
-
-
-class ConfigError(ValueError):
-    """A config value is missing, unknown, of the wrong type or impossible."""
 
 
 def doc(default: Any, text: str) -> Any:

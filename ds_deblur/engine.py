@@ -16,12 +16,9 @@ import torch
 from torch import nn
 
 from ds_deblur.config import Config
+from ds_deblur.errors import EngineConfigError
 
 CPU_FP16_OPT_IN = "DS_DEBLUR_ALLOW_CPU_FP16"
-
-
-class EngineConfigError(ValueError):
-    """The DeepSpeed JSON is unreadable, contradicts the YAML or cannot run on this machine."""
 
 
 def read_ds_json(path: Union[str, Path]) -> dict:

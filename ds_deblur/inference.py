@@ -19,17 +19,13 @@ import torch
 from PIL import Image
 
 from ds_deblur.config import Config, load_config
-from ds_deblur.data.errors import DatasetError
+from ds_deblur.errors import DatasetError, InferenceError
 from ds_deblur.data.layout import SPIKE_DIR, VOXEL_DIR, SequenceInfo, read_meta
 from ds_deblur.data.voxel import STATS_FILE, VoxelStats, resample_window, voxelize_dat
 from ds_deblur.single_file import CheckpointFormatError, checkpoint_not_found, is_single_file, read_weights_only
 from ds_deblur.tiling import blend_ramp, tile_starts
 
 ClipForward = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (T,3,H,W), (T,K,H,W) -> (T,3,H,W)
-
-
-class InferenceError(ValueError):
-    """A checkpoint, a sequence or an option that inference cannot use; the message says what to do."""
 
 
 # --- the model ---------------------------------------------------------------------------------------------------

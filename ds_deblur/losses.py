@@ -21,6 +21,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ds_deblur.errors import WeightsNotFoundError
+
 VGG16_URL = "https://download.pytorch.org/models/vgg16-397923af.pth"
 
 # VGG16 "D" configuration: conv output channels, "M" = 2x2 max-pool. Expanding it with a ReLU after every conv
@@ -65,7 +67,7 @@ def _weights_error(path: Path, problem: str) -> str:
 
 def _read_state_dict(path: Path) -> Mapping[str, Any]:
     if not path.is_file():
-        raise FileNotFoundError(_weights_error(path, "not found"))
+        raise WeightsNotFoundError(_weights_error(path, "not found"))
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch.load raises many types (pickle, zip, weights_only refusals)

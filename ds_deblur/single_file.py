@@ -24,16 +24,14 @@ from typing import Any, Callable, Union
 
 import torch
 
+from ds_deblur.errors import CheckpointFormatError, CheckpointNotFoundError
+
 FORMAT = 1
 KEYS = ("step", "epoch", "best_psnr", "state_dict", "optimizer", "scheduler", "scaler", "config", "meta")
 
 
-class CheckpointFormatError(ValueError):
-    """A checkpoint file or tag is not ours, is truncated or is inconsistent."""
-
-
-def checkpoint_not_found(path: Union[str, Path]) -> FileNotFoundError:
-    return FileNotFoundError(f"Checkpoint not found: {path}")
+def checkpoint_not_found(path: Union[str, Path]) -> CheckpointNotFoundError:
+    return CheckpointNotFoundError(path)
 
 
 def save_atomic(obj: Any, path: Union[str, Path]) -> Path:

@@ -17,13 +17,10 @@ from typing import Any
 import torch
 
 from ds_deblur import distributed
+from ds_deblur.errors import UniversalError
 
 SUFFIX = ".universal"
 SOURCE = "SOURCE_COMMIT.json"  # the source tag's COMMIT.json, copied when the cache is complete
-
-
-class UniversalError(RuntimeError):
-    """The conversion of a tag to DeepSpeed's universal format failed."""
 
 
 def cache_of(tag_dir: Path) -> Path:

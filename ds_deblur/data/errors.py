@@ -1,5 +1,4 @@
-"""The one exception of the data pipeline."""
+"""The one exception of the data pipeline (part of ds_deblur's error family)."""
+from ds_deblur.errors import DatasetError
 
-
-class DatasetError(ValueError):
-    """The dataset on disk is missing, malformed or inconsistent; the message names the file and the fix."""
+__all__ = ["DatasetError"]

@@ -15,6 +15,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
+from ds_deblur.errors import WeightsNotFoundError
 from ds_deblur.models.deform_conv import flow_warp
 
 NUM_LEVELS = 6
@@ -107,7 +108,7 @@ def load_spynet_weights(spynet: SpyNet, path: str | os.PathLike) -> None:
     Every ``basic_module`` weight must be present; ``mean``/``std`` are optional (the release omits them).
     """
     if not os.path.isfile(path):
-        raise FileNotFoundError(f"SpyNet weights not found: {path} (give a local spynet_sintel_final file)")
+        raise WeightsNotFoundError(f"SpyNet weights not found: {path} (give a local spynet_sintel_final file)")
     state = torch.load(path, map_location="cpu", weights_only=True)
     state = state.get("params", state)
     try:

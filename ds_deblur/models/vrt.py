@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from einops.layers.torch import Rearrange
 from torch import Tensor
 
+from ds_deblur.errors import WeightsNotFoundError
 from ds_deblur.models.attention import RTMSA, TMSAG, MlpGEGLU
 from ds_deblur.models.deform_conv import DCNv2PackFlowGuided, flow_warp
 from ds_deblur.models.spynet import SpyNet, check_size
@@ -367,7 +368,7 @@ def load_vrt_weights(model: nn.Module, path: str | os.PathLike) -> None:
     006_VRT_videodeblurring_GoPro.pth) or a plain state dict. Strict: any missing, unexpected or misshapen key is a
     ``ValueError`` naming them."""
     if not os.path.isfile(path):
-        raise FileNotFoundError(f"VRT weights not found: {path}")
+        raise WeightsNotFoundError(f"VRT weights not found: {path}")
     state = torch.load(path, map_location="cpu", weights_only=True)
     if isinstance(state, Mapping) and "params" in state:
         state = state["params"]
