@@ -4,6 +4,7 @@ Works under the ``deepspeed`` launcher, ``torchrun`` and a plain single ``python
 from __future__ import annotations
 
 import os
+import socket
 import sys
 from datetime import timedelta
 from typing import NoReturn
@@ -19,7 +20,7 @@ def init() -> tuple[int, int]:
     os.environ.setdefault("WORLD_SIZE", "1")
     os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
     os.environ.setdefault("MASTER_PORT", str(free_port()))
-    import deepspeed
+    import deepspeed  # here, not at the top: importing DeepSpeed takes ~2 s and free_port's users need none of it
     backend = "nccl" if torch.cuda.is_available() else "gloo"
     if torch.cuda.is_available():
         torch.cuda.set_device(local_rank())
@@ -36,7 +37,7 @@ def _without_shm_allreduce() -> None:
     behind and every later run on the machine waits on it forever. And each rank's ~69 MB buffer in /dev/shm (RAM)
     was never unlinked, so every run, killed or not, leaked it until the OOM killer came. Training all-reduces go
     through gloo either way. DeepSpeed keeps this dict so that edits to it persist."""
-    import deepspeed.ops
+    import deepspeed.ops  # see init()
     deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
 
 
@@ -100,7 +101,6 @@ def _collective_device() -> torch.device:
 
 def free_port() -> int:
     """A TCP port on this machine that is free now (for a process group's rendezvous)."""
-    import socket
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]

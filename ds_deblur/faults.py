@@ -2,28 +2,50 @@
 
 ``DS_DEBLUR_INJECT_NONFINITE="3,batch:5,grad:7"``: at those optimizer steps rank 0 makes, in its first micro-batch,
 the loss infinite (a bare step number, or ``loss:N``: an fp16 overflow, a bf16/fp32 non-finite loss), its input
-batch NaN (``batch:N``), or one parameter's gradient NaN while the loss stays finite (``grad:N``).
-``DS_DEBLUR_KILL_IN_SAVE=TAG`` (ds_deblur.checkpoint): the last rank SIGKILLs itself in the middle of saving TAG.
+batch NaN (``batch:N``), or the gradients NaN while the loss stays finite (``grad:N``). The train loop reaches
+them through one hook, ``Injections.around``.
+``DS_DEBLUR_KILL_IN_SAVE=TAG``: the last rank SIGKILLs itself in the middle of saving TAG (its files written,
+the tag not committed). ``DS_DEBLUR_KILL_IN_EXPORT=TAG``: rank 0 SIGKILLs itself in the middle of the background
+export of TAG to its single file: the new file written under its temporary name, not yet renamed.
 """
 from __future__ import annotations
 
 import os
+import signal
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import Callable
 
 import torch
+import torch.distributed as dist
 
 INJECT_ENV = "DS_DEBLUR_INJECT_NONFINITE"
+KILL_IN_SAVE_ENV = "DS_DEBLUR_KILL_IN_SAVE"
+KILL_IN_EXPORT_ENV = "DS_DEBLUR_KILL_IN_EXPORT"
 KINDS = ("loss", "batch", "grad")
+_KILL_ENVS = {"save": KILL_IN_SAVE_ENV, "export": KILL_IN_EXPORT_ENV}
+
+# (blur, spike, sharp) -> (loss, parts): one micro-batch's forward pass and loss
+ForwardLoss = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], tuple[torch.Tensor, dict]]
+
+
+def kill_point(where: str, name: str, last_rank: bool = False) -> None:
+    """SIGKILL this process here when the test's variable for ``where`` names ``name`` (on the last rank only
+    with ``last_rank``, else on any rank that gets here)."""
+    if os.environ.get(_KILL_ENVS[where]) != name:
+        return
+    if last_rank and dist.is_initialized() and dist.get_rank() != dist.get_world_size() - 1:
+        return
+    os.kill(os.getpid(), signal.SIGKILL)
 
 
 @dataclass
 class Injections:
-    """Which optimizer steps get which non-finite value."""
+    """Which optimizer steps get which non-finite value (rank 0's first micro-batch of the step)."""
     steps: dict[str, set[int]] = field(default_factory=dict)
+    done: set[tuple[str, int]] = field(default_factory=set)
 
     @classmethod
-    def from_env(cls) -> "Injections":
+    def from_env(cls, rank: int) -> "Injections":
         steps: dict[str, set[int]] = {kind: set() for kind in KINDS}
         for item in filter(None, (x.strip() for x in os.environ.get(INJECT_ENV, "").split(","))):
             kind, _, step = item.rpartition(":")
@@ -32,20 +54,35 @@ class Injections:
                 raise ValueError(f"{INJECT_ENV}={os.environ[INJECT_ENV]!r}: '{item}' is not STEP or KIND:STEP with "
                                  f"KIND one of {', '.join(KINDS)}")
             steps[kind].add(int(step))
-        return cls(steps)
+        return cls(steps if rank == 0 else {})
 
-    def wants(self, kind: str, step: int) -> bool:
-        return step in self.steps.get(kind, ())
+    def around(self, step: int, forward_loss: ForwardLoss) -> ForwardLoss:
+        """``forward_loss`` itself, or a version of it that injects what is due at ``step`` (once per step)."""
+        due = {kind for kind, steps in self.steps.items() if step in steps and (kind, step) not in self.done}
+        if not due:
+            return forward_loss
+        self.done.update((kind, step) for kind in due)
+
+        def injected(blur: torch.Tensor, spike: torch.Tensor, sharp: torch.Tensor) -> tuple[torch.Tensor, dict]:
+            if "batch" in due:
+                blur = blur.clone()
+                blur[..., 0, 0] = float("nan")
+            loss, parts = forward_loss(blur, spike, sharp)
+            if "loss" in due:
+                loss = loss * float("inf")
+            if "grad" in due:
+                loss = _NaNGradient.apply(loss)
+            return loss, parts
+        return injected
 
 
-def poison_batch(blur: torch.Tensor) -> torch.Tensor:
-    poisoned = blur.clone()
-    poisoned[..., 0, 0] = float("nan")
-    return poisoned
+class _NaNGradient(torch.autograd.Function):
+    """The identity, whose backward pass sends NaN: every gradient turns NaN while the loss stays finite."""
 
+    @staticmethod
+    def forward(ctx, x: torch.Tensor) -> torch.Tensor:
+        return x.clone()
 
-def nan_gradient(module: torch.nn.Module) -> Optional[Any]:
-    """Make the next backward pass give the module's first trainable parameter a NaN gradient; returns the hook
-    handle to remove afterwards."""
-    param = next((p for p in module.parameters() if p.requires_grad), None)
-    return None if param is None else param.register_hook(lambda grad: torch.full_like(grad, float("nan")))
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        return torch.full_like(grad, float("nan"))

@@ -21,12 +21,11 @@ import numpy as np
 import torch
 from PIL import Image
 
-from ds_deblur.config import ConfigError
-from ds_deblur.data.errors import DatasetError
-from ds_deblur.inference import (InferenceError, Sequence, build_from, open_sequence, read_checkpoint, read_png,
+from ds_deblur.ckpt.weights import read_weights
+from ds_deblur.errors import DsDeblurError, InferenceError
+from ds_deblur.inference import (Sequence, build_from, open_sequence, read_png,
                                  restore_sequence, spike_input)
 from ds_deblur.metrics import psnr, psnr_y, ssim_y
-from ds_deblur.single_file import CheckpointFormatError
 from ds_deblur.tiling import restore
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
@@ -65,7 +64,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     try:
         check_options(args)
         run(args)
-    except (InferenceError, CheckpointFormatError, FileNotFoundError, DatasetError, ConfigError) as err:
+    except DsDeblurError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     return 0
@@ -104,7 +103,7 @@ def sequence_dirs(args: argparse.Namespace) -> tuple[list[Path], Optional[Path]]
 def run(args: argparse.Namespace) -> dict:
     """Restore every frame of every sequence; returns what metrics.json holds (written when sharp frames exist)."""
     dirs, data_root = sequence_dirs(args)
-    ckpt = read_checkpoint(Path(args.ckpt))
+    ckpt = read_weights(Path(args.ckpt))
     model, cfg = build_from(ckpt, Path(args.ckpt), args.config)
     spike = spike_input(cfg, ckpt.spike, data_root, args.spike_mean, args.spike_std)
     sequences = [open_sequence(d, spike) for d in dirs]  # every folder checked before the first frame runs

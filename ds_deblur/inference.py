@@ -9,7 +9,6 @@ window padded with repeats of its last frame.
 """
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator, Optional
@@ -18,11 +17,12 @@ import numpy as np
 import torch
 from PIL import Image
 
+from ds_deblur.ckpt.weights import Weights, load_into
 from ds_deblur.config import Config, load_config
-from ds_deblur.errors import DatasetError, InferenceError
 from ds_deblur.data.layout import SPIKE_DIR, VOXEL_DIR, SequenceInfo, read_meta
 from ds_deblur.data.voxel import STATS_FILE, VoxelStats, resample_window, voxelize_dat
-from ds_deblur.single_file import CheckpointFormatError, checkpoint_not_found, is_single_file, read_weights_only
+from ds_deblur.errors import DatasetError, InferenceError
+from ds_deblur.models import build_model
 from ds_deblur.tiling import blend_ramp, tile_starts
 
 ClipForward = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (T,3,H,W), (T,K,H,W) -> (T,3,H,W)
@@ -30,52 +30,15 @@ ClipForward = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (T,3,H,W),
 
 # --- the model ---------------------------------------------------------------------------------------------------
 
-@dataclass
-class Checkpoint:
-    """Weights plus what rebuilds the model: its config, and the spike input it was trained on (may be None)."""
-    weights: dict
-    config: Optional[dict]
-    spike: Optional[dict]
-    what: str
-
-
-def read_checkpoint(path: Path) -> Checkpoint:
-    """A single file, a checkpoint directory or tag (complete tags only) or a weights export."""
-    if not path.exists():
-        raise checkpoint_not_found(path)
-    if path.is_dir():
-        from ds_deblur.convert import fp32_state_dict, open_tag, resolve_tag
-        tag_dir = resolve_tag(path)
-        state = open_tag(tag_dir).state
-        return Checkpoint(fp32_state_dict(tag_dir), state.get("config"), state.get("spike"), f"tag {tag_dir.name}")
-    if path.suffix == ".safetensors":
-        from safetensors import safe_open
-        from safetensors.torch import load_file
-        with safe_open(str(path), "pt") as handle:
-            meta = handle.metadata() or {}
-        return Checkpoint(load_file(str(path)), json.loads(meta.get("config", "null")),
-                          json.loads(meta.get("spike", "null")), "weights export")
-    obj = read_weights_only(path)
-    if is_single_file(obj):
-        return Checkpoint(obj["state_dict"], obj["config"], obj["meta"].get("spike"), f"single file (step {obj['step']})")
-    if isinstance(obj, dict) and obj and all(isinstance(v, torch.Tensor) for v in obj.values()):
-        return Checkpoint(obj, None, None, "weights export")
-    raise CheckpointFormatError(f"{path} is neither a ds_deblur checkpoint nor a weights export")
-
-
-def build_from(ckpt: Checkpoint, path: Path, config: Optional[Path] = None) -> tuple[torch.nn.Module, Config]:
-    """The model of ``ckpt`` with its weights; ``config`` (a run's config.yaml) replaces the stored config."""
-    from ds_deblur.models import build_model
-    if config is None and ckpt.config is None:
-        raise InferenceError(f"{path} ({ckpt.what}) holds no model config: pass --config RUN_DIR/config.yaml of the "
-                             f"run it came from (or use last.pth / best.pth, which carry it)")
-    cfg = load_config(config if config is not None else ckpt.config)
+def build_from(weights: Weights, path: Path, config: Optional[Path] = None) -> tuple[torch.nn.Module, Config]:
+    """The model of ``weights`` (``ds_deblur.ckpt.weights.read_weights``) loaded strictly; ``config`` (a run's
+    config.yaml) replaces the stored config."""
+    if config is None and weights.config is None:
+        raise InferenceError(f"{path} ({weights.what}) holds no model config: pass --config RUN_DIR/config.yaml of "
+                             f"the run it came from (or use last.pth / best.pth, which carry it)")
+    cfg = load_config(config if config is not None else weights.config)
     model = build_model(cfg)
-    result = model.load_state_dict(ckpt.weights, strict=False)
-    if result.missing_keys or result.unexpected_keys:
-        raise InferenceError(f"{path} does not fit the model of its config (MODEL.PRESET {cfg.MODEL.PRESET}): "
-                             f"{len(result.missing_keys)} missing and {len(result.unexpected_keys)} unexpected keys, "
-                             f"e.g. {(result.missing_keys + result.unexpected_keys)[:3]}")
+    load_into(model, weights, path)
     return model.eval(), cfg
 
 

@@ -10,6 +10,11 @@ from typing import Optional
 import numpy as np
 import torch
 from PIL import Image
+from torch.utils.tensorboard import SummaryWriter
+from torch.utils.tensorboard.summary import hparams as make_hparams
+from tqdm import tqdm
+
+from ds_deblur.ckpt.atomic import write_atomic
 
 TRAIN_LOG = "metrics/train_log.jsonl"
 
@@ -21,8 +26,6 @@ class RunLogger:
         self.bar = None
         if not enabled:
             return
-        from torch.utils.tensorboard import SummaryWriter
-        from tqdm import tqdm
         for sub in ("metrics", "visuals", "tb"):
             (self.save_dir / sub).mkdir(parents=True, exist_ok=True)
         for log in (self.save_dir / "metrics").glob("*.jsonl"):
@@ -62,7 +65,6 @@ class RunLogger:
     def hparams(self, hparams: dict, final: dict) -> None:
         if not self.enabled:
             return
-        from torch.utils.tensorboard.summary import hparams as make_hparams
         for event in make_hparams(hparams, final):
             self.writer.file_writer.add_summary(event)
 
@@ -82,7 +84,6 @@ class RunLogger:
 def truncate_jsonl(path: Path, step: int) -> None:
     """Keep one timeline on resume: drop lines past the step the run resumes from, and a last line torn by a
     killed run. Rewritten atomically: a kill now leaves the old file or the new one."""
-    from ds_deblur.single_file import write_atomic
     kept = [line for line in path.read_text().splitlines() if (record := _parsed(line)) and record["step"] <= step]
     write_atomic(path, lambda tmp: tmp.write_text("".join(line + "\n" for line in kept)))
 

@@ -113,3 +113,6 @@ def test_checkpoint_bench_converts_the_tag_it_saved(tmp_path):
     sharded = result["sharded"]
     assert sharded["tag_bytes"][0] > 4 * params_mib * 2 ** 20  # weights, fp32 masters and two moments
     assert all(s > 0 for s in sharded["save_s"] + sharded["load_s"] + sharded["raw_save_s"])
+    # One save of each kind; the background export really ran (and was waited for between saves).
+    assert len(sharded["blocked_before_s"]) == len(sharded["blocked_after_s"]) == 1
+    assert len(sharded["background_export_s"]) == 1 and sharded["background_export_s"][0] > 0

@@ -13,13 +13,26 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import torch
+from deepspeed.runtime.fp16.loss_scaler import DynamicLossScaler
+from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+from safetensors.torch import load_file
 from torch import nn
+
+from ds_deblur.ckpt.atomic import save_atomic, write_atomic
+from ds_deblur.ckpt.gather import load_pickled, loss_scaler_values
+from ds_deblur.ckpt.single_file import KEYS, grad_scaler_state, load_single_file, plain
+from ds_deblur.config import load_config
+from ds_deblur.ckpt.export import export_tag
+from ds_deblur.convert import build_parser, main
+from ds_deblur.engine import build_scheduler
+from ds_deblur.errors import CheckpointFormatError
 
 from tag_factory import FP16_TRAIN_STEPS, REPO, TAGS, TOTAL_STEPS, TRAIN_STEPS, Toy, batch, loss_fn, reference
 
@@ -29,8 +42,6 @@ def plain_model_optimizer_scheduler(ckpt: dict):
 
     Loading the optimizer after building the scheduler matters: LambdaLR's constructor writes the step-0 LR into
     the optimizer's groups and its load_state_dict does not write it back."""
-    from ds_deblur.config import load_config
-    from ds_deblur.engine import build_scheduler
     cfg = load_config(ckpt["config"])
     model = Toy()
     optimizer = torch.optim.AdamW(model.parameters())
@@ -48,10 +59,8 @@ def plain_model_optimizer_scheduler(ckpt: dict):
 @pytest.mark.dist
 @pytest.mark.slow
 def test_single_file_holds_the_engine_state_at_save(tags, tmp_path, name):
-    from ds_deblur.convert import export_single_file
-    from ds_deblur.single_file import KEYS, load_single_file
     world, stage, precision = TAGS[name]
-    out = export_single_file(tags / "ckpts", name, tmp_path / "last.pth")
+    out = export_tag(tags / "ckpts", name, tmp_path / "last.pth")
     ckpt = load_single_file(out)
     ref = reference(tags, name)["at_save"]
 
@@ -86,7 +95,6 @@ def test_single_file_holds_the_engine_state_at_save(tags, tmp_path, name):
 @pytest.mark.slow
 def test_fixture_tags_have_the_layouts_they_stand_for(tags):
     # If DeepSpeed stopped splitting or renamed files, the tests above would quietly cover less.
-    from ds_deblur.convert import load_pickled
     ckpts = tags / "ckpts"
     sub = load_pickled(ckpts / "z3_w2_subgroups" / "zero_pp_rank_0_mp_rank_00_optim_states.pt")
     assert len(sub["optimizer_state_dict"]["fp32_flat_groups"]) == 2
@@ -98,9 +106,7 @@ def test_fixture_tags_have_the_layouts_they_stand_for(tags):
 @pytest.mark.dist
 @pytest.mark.slow
 def test_fp16_scaler_loads_into_grad_scaler(tags, tmp_path):
-    from ds_deblur.convert import export_single_file
-    from ds_deblur.single_file import load_single_file
-    ckpt = load_single_file(export_single_file(tags / "ckpts", "z2_w2_fp16", tmp_path / "last.pth"))
+    ckpt = load_single_file(export_tag(tags / "ckpts", "z2_w2_fp16", tmp_path / "last.pth"))
     ref = reference(tags, "z2_w2_fp16")["at_save"]
     assert ref["skipped_steps"] > 0  # the run did back off, so the scaler state is not the initial one
     assert ckpt["meta"]["loss_scaler"] == ref["loss_scaler"]
@@ -115,10 +121,8 @@ def test_fp16_scaler_loads_into_grad_scaler(tags, tmp_path):
 @pytest.mark.dist
 @pytest.mark.slow
 def test_plain_torch_step_from_single_file_matches_deepspeed_next_step(tags, tmp_path, name):
-    from ds_deblur.convert import export_single_file
-    from ds_deblur.single_file import load_single_file
     world = TAGS[name][0]
-    ckpt = load_single_file(export_single_file(tags / "ckpts", name, tmp_path / "last.pth"))
+    ckpt = load_single_file(export_tag(tags / "ckpts", name, tmp_path / "last.pth"))
     cfg, model, optimizer, scheduler = plain_model_optimizer_scheduler(ckpt)
     # DeepSpeed averages the ranks' gradients: the gradient of the mean of the ranks' losses.
     loss = sum(loss_fn(model(batch(TRAIN_STEPS, r)), batch(TRAIN_STEPS, r)) for r in range(world)) / world
@@ -139,9 +143,6 @@ def test_plain_torch_step_from_single_file_matches_deepspeed_next_step(tags, tmp
 @pytest.mark.dist
 @pytest.mark.slow
 def test_weights_export_equals_zero_to_fp32(tags, tmp_path, name, suffix, capsys):
-    from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
-    from safetensors.torch import load_file
-    from ds_deblur.convert import main
     out = tmp_path / f"model{suffix}"
     assert main([str(tags / "ckpts"), "--tag", name, "--weights-only", "--out", str(out)]) == 0
     assert str(out) in capsys.readouterr().out
@@ -160,8 +161,6 @@ def test_weights_export_equals_zero_to_fp32(tags, tmp_path, name, suffix, capsys
 @pytest.mark.dist
 @pytest.mark.slow
 def test_cli_default_tag_is_latest_and_tag_dir_works_directly(tags, tmp_path):
-    from ds_deblur.convert import main
-    from ds_deblur.single_file import load_single_file
     assert main([str(tags / "ckpts"), "--out", str(tmp_path / "a.pth")]) == 0
     assert main([str(tags / "ckpts" / "z3_w2"), "--out", str(tmp_path / "b.pth")]) == 0
     assert load_single_file(tmp_path / "a.pth")["meta"]["source_tag"] == "z2_w2"
@@ -182,28 +181,25 @@ def test_cli_subprocess_without_huggingface_hub(tags, tmp_path):
 
 
 def copy_tag(tags: Path, name: str, dest: Path) -> Path:
-    import shutil
     return Path(shutil.copytree(tags / "ckpts" / name, dest / "ckpts" / name))
 
 
 @pytest.mark.dist
 @pytest.mark.slow
 def test_incomplete_or_truncated_tags_are_refused(tags, tmp_path):
-    from ds_deblur.convert import export_single_file
-    from ds_deblur.single_file import CheckpointFormatError
     unmarked = copy_tag(tags, "z2_w2", tmp_path)
     (unmarked / "COMMIT.json").unlink()
-    with pytest.raises(CheckpointFormatError, match="not a complete checkpoint: no COMMIT.json"):
-        export_single_file(unmarked, None, tmp_path / "x.pth")
+    with pytest.raises(CheckpointFormatError, match="z2_w2 is incomplete or damaged: no COMMIT.json"):
+        export_tag(unmarked, None, tmp_path / "x.pth")
     truncated = copy_tag(tags, "z3_w2", tmp_path)
     optim = truncated / "zero_pp_rank_1_mp_rank_00_optim_states.pt"
     optim.write_bytes(optim.read_bytes()[:1000])
     with pytest.raises(CheckpointFormatError, match="zero_pp_rank_1_mp_rank_00_optim_states.pt has 1000 bytes"):
-        export_single_file(tmp_path / "ckpts", "z3_w2", tmp_path / "x.pth")
-    with pytest.raises(CheckpointFormatError, match="no 'latest' file.*tags found: z2_w2, z3_w2"):
-        export_single_file(tmp_path / "ckpts", None, tmp_path / "x.pth")
+        export_tag(tmp_path / "ckpts", "z3_w2", tmp_path / "x.pth")
+    with pytest.raises(CheckpointFormatError, match="neither a checkpoint directory.*tags found: z2_w2, z3_w2"):
+        export_tag(tmp_path / "ckpts", None, tmp_path / "x.pth")
     with pytest.raises(CheckpointFormatError, match="COMMIT.json is a file; convert reads DeepSpeed tags"):
-        export_single_file(truncated / "COMMIT.json", None, tmp_path / "x.pth")
+        export_tag(truncated / "COMMIT.json", None, tmp_path / "x.pth")
     assert not (tmp_path / "x.pth").exists()
 
 
@@ -211,15 +207,13 @@ def test_incomplete_or_truncated_tags_are_refused(tags, tmp_path):
 @pytest.mark.slow
 def test_rank_files_that_do_not_belong_together_are_refused(tags, tmp_path):
     # A commit marker vouches for sizes, not content: rank 1's file from a 1-rank run must still be caught.
-    from ds_deblur.convert import export_single_file
-    from ds_deblur.single_file import CheckpointFormatError
     mixed = copy_tag(tags, "z2_w2", tmp_path)
     (mixed / "zero_pp_rank_1_mp_rank_00_optim_states.pt").unlink()
     commit = json.loads((mixed / "COMMIT.json").read_text())
     del commit["files"]["zero_pp_rank_1_mp_rank_00_optim_states.pt"]
     (mixed / "COMMIT.json").write_text(json.dumps(commit))
     with pytest.raises(CheckpointFormatError, match=r"saved by 2 ranks but has optimizer files for ranks \[0\]"):
-        export_single_file(mixed, None, tmp_path / "x.pth")
+        export_tag(mixed, None, tmp_path / "x.pth")
 
 
 def test_cli_missing_path_is_an_argparse_error(tmp_path):
@@ -231,7 +225,6 @@ def test_cli_missing_path_is_an_argparse_error(tmp_path):
 
 
 def test_cli_help_documents_the_options():
-    from ds_deblur.convert import build_parser
     text = build_parser().format_help()
     for option in ("CKPT_DIR", "--tag", "--out", "--weights-only", "latest", "safetensors"):
         assert option in text
@@ -239,7 +232,6 @@ def test_cli_help_documents_the_options():
 
 # ----------------------------------------------------------------------------------- single-file safety
 def test_load_single_file_refuses_a_pickle_that_runs_code(tmp_path):
-    from ds_deblur.single_file import CheckpointFormatError, load_single_file
     marker = tmp_path / "marker"
 
     class Payload:
@@ -256,7 +248,6 @@ def test_load_single_file_refuses_a_pickle_that_runs_code(tmp_path):
 
 
 def test_load_single_file_errors_name_the_file(tmp_path):
-    from ds_deblur.single_file import CheckpointFormatError, load_single_file
     with pytest.raises(FileNotFoundError, match="Checkpoint not found: .*missing.pth"):
         load_single_file(tmp_path / "missing.pth")
     weights = tmp_path / "model.pth"
@@ -270,7 +261,6 @@ def test_load_single_file_errors_name_the_file(tmp_path):
 
 
 def test_write_atomic_keeps_the_old_file_when_writing_fails(tmp_path):
-    from ds_deblur.single_file import save_atomic, write_atomic
     target = save_atomic({"step": 1}, tmp_path / "last.pth")
 
     def crash_half_way(tmp: Path) -> None:
@@ -284,7 +274,6 @@ def test_write_atomic_keeps_the_old_file_when_writing_fails(tmp_path):
 
 
 def test_plain_reduces_subclasses_and_refuses_objects():
-    from ds_deblur.single_file import CheckpointFormatError, plain
     cleaned = plain({"versions": {"torch": torch.__version__}, "betas": (0.9, 0.99)})
     assert type(cleaned["versions"]["torch"]) is str and cleaned["betas"] == (0.9, 0.99)
     with pytest.raises(CheckpointFormatError, match=r"checkpoint\['data'\]\['rng'\] is a Generator"):
@@ -294,9 +283,6 @@ def test_plain_reduces_subclasses_and_refuses_objects():
 @pytest.mark.parametrize("good_steps", range(1, 8))
 def test_grad_scaler_grows_on_the_step_deepspeed_would(good_steps):
     # DeepSpeed's real dynamic loss scaler after some good steps, then both run on until their first growth.
-    from deepspeed.runtime.fp16.loss_scaler import DynamicLossScaler
-    from ds_deblur.convert import loss_scaler_values
-    from ds_deblur.single_file import grad_scaler_state
     window = 3
     ds = DynamicLossScaler(init_scale=2.0 ** 10, scale_window=window, min_scale=1, delayed_shift=2,
                            consecutive_hysteresis=False)

@@ -5,9 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 
+from ds_deblur.ckpt.weights import load_weights
 from ds_deblur.config import load_config
 from ds_deblur.models import build_model
-from ds_deblur.single_file import CheckpointFormatError, load_weights
+from ds_deblur.errors import CheckpointFormatError
 
 TINY = load_config({"DATA": {"ROOT": "/unused"}}, ["MODEL.PRESET=tiny", "DATA.K=4"])
 

@@ -11,13 +11,14 @@ from pathlib import Path
 import pytest
 import torch
 
+from ds_deblur.ckpt.export import export_tag
+from ds_deblur.inspect import main
 from tag_factory import REPO, Toy, reference
 
 NUMEL = sum(t.numel() for t in Toy().state_dict().values())
 
 
 def run_inspect(capsys, *argv: str) -> str:
-    from ds_deblur.inspect import main
     assert main(list(argv)) == 0
     return capsys.readouterr().out
 
@@ -25,14 +26,13 @@ def run_inspect(capsys, *argv: str) -> str:
 @pytest.fixture
 def run_dir(tags, tmp_path) -> Path:  # noqa: F811
     """A checkpoint dir with two complete tags, an unfinished save, ``latest`` and a last.pth."""
-    from ds_deblur.convert import export_single_file
     ckpts = tmp_path / "ckpts"
     for name in ("z2_w2", "z3_w2"):
         shutil.copytree(tags / "ckpts" / name, ckpts / name)
     shutil.copytree(tags / "ckpts" / "z2_w2", ckpts / "step_000009")
     (ckpts / "step_000009" / "COMMIT.json").unlink()
     (ckpts / "latest").write_text("z2_w2")
-    export_single_file(ckpts, None, ckpts / "last.pth")
+    export_tag(ckpts, None, ckpts / "last.pth")
     return ckpts
 
 
@@ -111,8 +111,7 @@ def test_single_file_and_the_original_guide_snippet(run_dir, capsys):
 @pytest.mark.dist
 @pytest.mark.slow
 def test_weights_exports(tags, tmp_path, capsys, suffix):  # noqa: F811
-    from ds_deblur.convert import export_weights
-    path = export_weights(tags / "ckpts", "z3_w2", tmp_path / f"model{suffix}")
+    path = export_tag(tags / "ckpts", "z3_w2", tmp_path / f"model{suffix}", weights_only=True)
     info = json.loads(run_inspect(capsys, str(path), "--json"))
     assert info["kind"] == "weights" and info["state_dict"]["count"] == 6 and info["state_dict"]["numel"] == NUMEL
     assert "no optimizer" in run_inspect(capsys, str(path))
@@ -137,7 +136,6 @@ def test_missing_path_exits_2_with_the_guide_message(tmp_path):
 
 
 def test_files_that_are_not_ours_are_refused_clearly(tmp_path, capsys):
-    from ds_deblur.inspect import main
     junk = tmp_path / "notes.pth"
     junk.write_text("not a checkpoint")
     assert main([str(junk)]) == 1

@@ -1,11 +1,18 @@
 """Exact resume: a run of 2N steps equals N steps + resume + N steps, bit for bit (per-step losses and weights)."""
 from __future__ import annotations
 
+import os
+import shutil
+import signal
+import subprocess
+import time
+
 import pytest
 import torch
 
+from ds_deblur.ckpt.single_file import single_file_dict
 from ds_deblur.run_log import read_train_log
-from train_utils import ds_json, make_dataset, output_of, run_train, shm_buffers
+from train_utils import REPO, ds_json, make_dataset, output_of, run_train, shm_buffers, train_command
 
 
 @pytest.fixture(scope="module")
@@ -76,7 +83,21 @@ def test_resume_from_last_pth_on_another_stage_or_world_size(data, tmp_path, sav
     proc = run_train(data, pieces, first, sets, ranks=saved_on, extra=["--stop-at-step", "3"])
     assert proc.returncode == 0, output_of(proc)
     later = ds_json(tmp_path, "ds_configs/cpu_fp32.json", stage)
-    proc = run_train(data, pieces, later, sets, ranks=ranks, extra=["--resume", str(pieces / "ckpts/last.pth")])
+    single = shutil.copy(pieces / "ckpts/last.pth", tmp_path / "step3.pth")
+    # Loaded on the new stage / world size and saved at once: the very same state, sharded anew.
+    proc = run_train(data, pieces, later, sets, ranks=ranks, extra=["--resume", single, "--stop-at-step", "3"])
+    assert proc.returncode == 0, output_of(proc)
+    assert "Resuming from step 3 (epoch 0)" in proc.stdout
+    a, b = torch.load(single, weights_only=True), single_file_dict(pieces / "ckpts/step_000003")
+    assert (a["meta"]["world_size"], b["meta"]["world_size"]) == (saved_on, ranks)
+    assert b["meta"]["zero_stage"] == stage and a["step"] == b["step"] == 3
+    assert a["state_dict"].keys() == b["state_dict"].keys()
+    assert all(torch.equal(a["state_dict"][k], b["state_dict"][k]) for k in a["state_dict"])
+    for index, moments in a["optimizer"]["state"].items():
+        for key in ("exp_avg", "exp_avg_sq", "step"):
+            assert torch.equal(moments[key], b["optimizer"]["state"][index][key]), (index, key)
+    assert a["scheduler"] == b["scheduler"] and a["meta"]["data"] == b["meta"]["data"]
+    proc = run_train(data, pieces, later, sets, ranks=ranks, extra=["--resume", "auto"])
     assert proc.returncode == 0, output_of(proc)
     assert "Resuming from step 3 (epoch 0)" in proc.stdout
     a, b = read_train_log(straight), read_train_log(pieces)
@@ -92,15 +113,12 @@ def test_resume_from_last_pth_on_another_stage_or_world_size(data, tmp_path, sav
         wa, wb = weights(straight), weights(pieces)
         diff = torch.cat([(wa[k] - wb[k]).flatten() for k in wa]).norm()
         assert diff <= 1e-6 * torch.cat([w.flatten() for w in wa.values()]).norm()
-    else:
-        assert all(torch.isfinite(w).all() for w in weights(pieces).values())
 
 
 @pytest.mark.dist
 @pytest.mark.slow
 @pytest.mark.parametrize("stage, saved_on, ranks", [(3, 2, 1), (1, 1, 2)])
 def test_sharded_tag_resumes_on_another_world_size(data, tmp_path, stage, saved_on, ranks):
-    from ds_deblur.convert import single_file_dict
     config = ds_json(tmp_path, "ds_configs/cpu_fp32.json", stage)
     sets = ["TRAIN.TOTAL_STEPS=6", "TRAIN.VAL_EVERY_STEPS=100", "LOG.SAVE_EVERY_STEPS=2"]
     first, resaved, continued = tmp_path / "first", tmp_path / "resaved", tmp_path / "continued"
@@ -135,12 +153,6 @@ def test_missing_checkpoint_is_an_error_not_a_fresh_start(data, tmp_path):
 @pytest.mark.dist
 @pytest.mark.slow
 def test_sigterm_finishes_the_step_saves_and_exits_zero(data, tmp_path):
-    import os
-    import signal
-    import subprocess
-    import time
-
-    from train_utils import REPO, train_command
     out = tmp_path / "run"
     cmd = train_command(data, out, "ds_configs/cpu_fp32.json", ["TRAIN.TOTAL_STEPS=1000"], ranks=0)
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
@@ -176,6 +188,26 @@ def test_kill_during_a_save_leaves_latest_on_the_previous_complete_tag(data, tmp
     assert "skipping incomplete checkpoint" in proc.stderr and "step_000004" in proc.stderr
     assert "Resuming from step 2" in proc.stdout
     assert [r["step"] for r in read_train_log(out)] == list(range(1, 7))
+
+
+@pytest.mark.dist
+@pytest.mark.slow
+@pytest.mark.parametrize("killed_at", [4, 6])  # mid-run, and in the export of the final tag
+def test_kill_during_a_background_export_keeps_the_previous_file_whole(data, tmp_path, killed_at):
+    out = tmp_path / "run"
+    sets = ["TRAIN.TOTAL_STEPS=6", "TRAIN.VAL_EVERY_STEPS=100", "LOG.SAVE_EVERY_STEPS=2"]
+    proc = run_train(data, out, sets=sets, env={"DS_DEBLUR_KILL_IN_EXPORT": f"step_{killed_at:06d}"})
+    assert proc.returncode != 0
+    ckpts = out / "ckpts"
+    assert (ckpts / "latest").read_text() == f"step_{killed_at:06d}"  # committed before its export began
+    assert torch.load(ckpts / "last.pth", weights_only=True)["step"] == killed_at - 2  # the previous file, whole
+    assert [p.name for p in ckpts.glob(".last.pth.tmp-*")]  # the killed export's new file, never renamed
+    proc = run_train(data, out, sets=sets, extra=["--resume", "auto"])
+    assert proc.returncode == 0, output_of(proc)
+    assert f"Resuming from step {killed_at}" in proc.stdout and "Re-exporting" in proc.stdout
+    assert not list(ckpts.glob(".*.tmp-*"))  # the leftover was cleared
+    assert torch.load(ckpts / "last.pth", weights_only=True)["step"] == 6
+    assert [r["step"] for r in read_train_log(out)] == list(range(1, 7))  # and no step past the end
 
 
 @pytest.mark.dist

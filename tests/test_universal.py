@@ -14,7 +14,12 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
-from ds_deblur import checkpoint, distributed, universal
+from ds_deblur import distributed
+from ds_deblur.ckpt import universal
+from ds_deblur.ckpt.engine_io import load_tag
+from ds_deblur.ckpt.tags import committed_step, read_commit
+from ds_deblur.engine import initialize
+from ds_deblur.errors import CheckpointError, UniversalError
 from tag_factory import TAGS, TOTAL_STEPS, Toy, _reference, make_config, reference
 from train_utils import free_port
 
@@ -25,7 +30,6 @@ def load_elsewhere(rank: int, world: int, port: int, tag_dir: str, out: str, ena
     os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world), MASTER_ADDR="127.0.0.1",
                       MASTER_PORT=str(port), DS_DEBLUR_ALLOW_CPU_FP16="1")
     torch.set_num_threads(1)
-    from ds_deblur.engine import initialize
     distributed.init()
     tag_dir = Path(tag_dir)
     _, stage, precision = TAGS[tag_dir.name]
@@ -39,8 +43,8 @@ def load_elsewhere(rank: int, world: int, port: int, tag_dir: str, out: str, ena
         buffer.zero_()
     engine = initialize(model, cfg, ds, TOTAL_STEPS)
     try:
-        state = checkpoint.load(engine, tag_dir.parent, tag_dir.name)
-    except checkpoint.CheckpointError as exc:
+        state = load_tag(engine, tag_dir)
+    except CheckpointError as exc:
         torch.save({"error": str(exc)}, out)
         distributed.end_rank()
     loaded = _reference(engine)
@@ -77,7 +81,7 @@ def test_another_world_size_loads_the_exact_state(tags, tmp_path, name):
     assert got["adam_step"] == [float(want["adam_steps"])]
     assert got["lr"] == want["lr"] and got["skipped_steps"] == want["skipped_steps"]
     assert got["loss_scaler"] == want["loss_scaler"]
-    assert result["state"]["step"] == json.loads((tag_dir / "COMMIT.json").read_text())["step"]
+    assert result["state"]["step"] == committed_step(tag_dir)
     assert result["state"]["rng_restored"] is False  # RNG streams are per rank: not carried to another world
     assert universal.is_current(tag_dir)
 
@@ -91,8 +95,7 @@ def test_cache_is_reused_and_rebuilt_when_the_tag_changes(tags, tmp_path):
     stamp = cache.stat().st_mtime_ns
     load_on(1, tag_dir, tmp_path / "again.pt")
     assert cache.stat().st_mtime_ns == stamp  # not converted a second time
-    commit = json.loads((tag_dir / "COMMIT.json").read_text())
-    (tag_dir / "COMMIT.json").write_text(json.dumps({**commit, "saved_at": 1.0}))  # the tag was saved again
+    (tag_dir / "COMMIT.json").write_text(json.dumps({**read_commit(tag_dir), "saved_at": 1.0}))  # saved again
     assert not universal.is_current(tag_dir)
     load_on(1, tag_dir, tmp_path / "rebuilt.pt")
     assert universal.is_current(tag_dir)
@@ -110,6 +113,6 @@ def test_a_failed_conversion_names_the_tag_and_the_single_file_way_out(tmp_path)
     tag_dir = tmp_path / "ckpts" / "step_000002"
     tag_dir.mkdir(parents=True)
     (tag_dir / "COMMIT.json").write_text(json.dumps({"world_size": 2, "files": {}}))
-    with pytest.raises(universal.UniversalError, match=r"step_000002.*single file"):
+    with pytest.raises(UniversalError, match=r"step_000002.*single file"):
         universal.prepare(tag_dir)
     assert not universal.cache_of(tag_dir).exists()

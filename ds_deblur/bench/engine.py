@@ -16,6 +16,7 @@ import statistics
 from pathlib import Path
 
 import torch
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from ds_deblur.bench.common import (REPO, deepspeed_launcher, ds_json_for_stage, format_table, positive_int,
                                     run_checked, summary, torchrun)
@@ -96,7 +97,6 @@ def _run_ddp(args: argparse.Namespace, sets: list[str], out: Path) -> dict:
 
 
 def _scalars(tb_dir: Path, tag: str) -> dict[int, float]:
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
     events = EventAccumulator(str(tb_dir), size_guidance={"scalars": 0})
     events.Reload()
     return {event.step: event.value for event in events.Scalars(tag)}

@@ -1,6 +1,6 @@
 """Run the full reliability suite and print its table (the README's "Reliability" table comes from here).
 
-    .venv/bin/python tests/reliability/report.py [--trials 20] [--load-steps 200] [--seed 2026] [--out FILE.json]
+    .venv/bin/python tests/reliability/report.py [--trials 25] [--load-steps 200] [--seed 2026] [--out FILE.json]
 
 CI runs the same tests with fewer trials (tests/reliability/reliability_settings.py). Exit code: pytest's.
 """
@@ -21,7 +21,8 @@ COLUMNS = ("area", "case", "trials", "faults", "recovered", "data_lost", "notes"
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--trials", type=int, default=20, help="SIGKILL trials of the kill-anywhere test")
+    parser.add_argument("--trials", type=int, default=25, help="SIGKILL trials of the kill-anywhere test, per ZeRO stage "
+                                                                "(2 and 3)")
     parser.add_argument("--load-steps", type=int, default=200, help="optimizer steps of the load run")
     parser.add_argument("--seed", type=int, default=2026)
     parser.add_argument("--out", type=Path, default=None, help="also write the rows as JSON here")

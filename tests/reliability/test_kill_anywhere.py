@@ -1,8 +1,8 @@
-"""Kill anywhere: 2-rank training SIGKILLed at random moments (some inside a save), restarted each time with
-``--resume auto``, must end exactly where an uninterrupted run ends: the same per-step log and final weights."""
+"""Kill anywhere: 2-rank training (ZeRO 2 and ZeRO 3) SIGKILLed at random moments, some inside a save and some
+inside a background export of last.pth/best.pth, restarted each time with ``--resume auto``, must end exactly where
+an uninterrupted run ends: the same per-step log and final weights."""
 from __future__ import annotations
 
-import json
 import os
 import random
 import signal
@@ -13,16 +13,21 @@ from pathlib import Path
 import pytest
 import torch
 
-from ds_deblur.checkpoint import COMMIT, KILL_IN_SAVE_ENV, newest_complete, read_latest, step_tag, tag_problem
+from ds_deblur.ckpt.tags import committed_step, newest_complete, read_latest, step_tag, tag_problem
+from ds_deblur.faults import KILL_IN_EXPORT_ENV, KILL_IN_SAVE_ENV
 from ds_deblur.run_log import read_train_log
 from reliability_settings import SEED, TRIALS
-from train_utils import REPO, output_of, run_train, train_command
+from train_utils import REPO, ds_json, output_of, run_train, train_command
 
 STEPS = 10
 SETS = [f"TRAIN.TOTAL_STEPS={STEPS}", "TRAIN.VAL_EVERY_STEPS=5", "LOG.SAVE_EVERY_STEPS=2", "LOG.KEEP_LAST=2"]
 # Kills per run before it may finish: spreads the trials over several runs. A run whose last step is already saved
 # is not killed again: its relaunches could only be killed in start-up, and such kills would pile up at its end.
 KILLS_PER_RUN = 4
+# Where a kill lands: at a random moment, inside a save (its files written, not committed), or inside the background
+# export of a tag (the new single file written, not renamed); with these probabilities.
+KINDS = {"moment": 0.45, "save": 0.3, "export": 0.25}
+KILL_ENV = {"save": KILL_IN_SAVE_ENV, "export": KILL_IN_EXPORT_ENV}
 
 
 def logged_step(out: Path) -> int:
@@ -30,9 +35,9 @@ def logged_step(out: Path) -> int:
     return log[-1]["step"] if log else 0
 
 
-def launch(data: Path, out: Path, env: dict, log: Path) -> subprocess.Popen:
+def launch(data: Path, out: Path, config: str, env: dict, log: Path) -> subprocess.Popen:
     """The trainer under the deepspeed launcher in a session of its own, so a kill takes launcher and ranks."""
-    cmd = train_command(data, out, "ds_configs/cpu_fp32.json", SETS, 2, ["--resume", "auto"])
+    cmd = train_command(data, out, config, SETS, 2, ["--resume", "auto"])
     full_env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO), **env}
     with open(log, "a") as handle:
         return subprocess.Popen(cmd, cwd=REPO, env=full_env, stdout=handle, stderr=subprocess.STDOUT,
@@ -70,45 +75,50 @@ def resumable_step(ckpts: Path) -> int:
         if (ckpts / name).is_file():
             torch.load(ckpts / name, weights_only=True)  # whole, never torn
     tag = newest_complete(ckpts)
-    return json.loads((ckpts / tag / COMMIT).read_text())["step"] if tag else 0
+    return committed_step(ckpts / tag) if tag else 0
 
 
 @pytest.mark.dist
 @pytest.mark.slow
-def test_killed_anywhere_then_resumed_equals_an_uninterrupted_run(data, tmp_path, record):
+@pytest.mark.parametrize("stage", [2, 3])
+def test_killed_anywhere_then_resumed_equals_an_uninterrupted_run(data, tmp_path, record, stage):
+    config = ds_json(tmp_path, "ds_configs/cpu_fp32.json", stage)
     reference = tmp_path / "reference"
-    proc = run_train(data, reference, sets=SETS)
+    proc = run_train(data, reference, config, sets=SETS)
     assert proc.returncode == 0, output_of(proc)
     want_log = read_train_log(reference)
     want = torch.load(reference / "ckpts/last.pth", weights_only=True)["state_dict"]
-    rng = random.Random(SEED)
-    kills = in_save = lost = runs = 0
-    moments = []  # (last step logged, step resumed from) per kill
+    rng = random.Random(SEED + stage)
+    kills = lost = runs = 0
+    kinds = {kind: 0 for kind in KINDS}
+    moments = []  # (last step logged, step resumed from, kind) per kill
     while kills < TRIALS:
         out, runs, run_kills = tmp_path / f"run{runs}", runs + 1, 0
         while True:  # one run: relaunched with --resume auto until it completes
             done, resumes_at = logged_step(out), resumable_step(out / "ckpts")
             kill = kills < TRIALS and run_kills < KILLS_PER_RUN and resumes_at < STEPS
-            save_kill = kill and rng.random() < 0.4
+            kind = rng.choices(list(KINDS), weights=list(KINDS.values()))[0] if kill else None
             tag = rng.choice([step_tag(s) for s in range(done // 2 * 2 + 2, STEPS + 1, 2)] + ["best"])
-            proc = launch(data, out, {KILL_IN_SAVE_ENV: tag} if save_kill else {}, tmp_path / "launches.log")
+            env = {KILL_ENV[kind]: tag} if kind in KILL_ENV else {}
+            proc = launch(data, out, config, env, tmp_path / "launches.log")
             if not kill:  # enough kills for this run: let it finish and be compared
                 killed = proc.wait(timeout=600) != 0
                 assert not killed, (tmp_path / "launches.log").read_text()[-4000:]
-            elif save_kill:
+            elif kind in KILL_ENV:  # it dies where the variable says (or finishes, when that tag is never due)
                 killed = proc.wait(timeout=600) != 0
             else:
                 killed = kill_at_random_moment(proc, out, rng, resumes_at)
             if not killed:
                 assert proc.returncode == 0, (tmp_path / "launches.log").read_text()[-4000:]
                 break
-            kills, in_save, run_kills = kills + 1, in_save + save_kill, run_kills + 1
-            moments.append((logged_step(out), resumable_step(out / "ckpts")))
+            kills, run_kills, kinds[kind] = kills + 1, run_kills + 1, kinds[kind] + 1
+            moments.append((logged_step(out), resumable_step(out / "ckpts"), kind))
             lost += max(moments[-1][0] - moments[-1][1], 0)
         assert read_train_log(out) == want_log  # every step's loss, LR, grad norm: bitwise
         got = torch.load(out / "ckpts/last.pth", weights_only=True)["state_dict"]
         assert all(torch.equal(got[k], want[k]) for k in want)
-    record({"area": "kill anywhere (SIGKILL, 2 ranks)", "trials": kills,
-            "faults": f"{kills} kills ({in_save} inside a save), seed {SEED}", "recovered": f"{runs}/{runs} runs",
+    record({"area": f"kill anywhere (SIGKILL, 2 ranks, ZeRO {stage})", "trials": kills,
+            "faults": f"{kills} kills ({kinds['save']} inside a save, {kinds['export']} inside a background export), "
+                      f"seed {SEED + stage}", "recovered": f"{runs}/{runs} runs",
             "data_lost": 0, "notes": f"{lost} steps recomputed in all; {runs} runs equal to the reference bit for bit",
-            "kills": [{"logged_step": a, "resumed_from": b} for a, b in moments]})
+            "kills": [{"logged_step": a, "resumed_from": b, "kind": k} for a, b, k in moments]})

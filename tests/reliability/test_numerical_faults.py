@@ -8,7 +8,7 @@ import json
 import pytest
 import torch
 
-from ds_deblur.convert import fp32_state_dict
+from ds_deblur.ckpt.gather import fp32_state_dict
 from ds_deblur.run_log import read_train_log
 from reliability_settings import FULL
 from train_utils import ds_json, output_of, run_train

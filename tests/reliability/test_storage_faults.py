@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from ds_deblur.checkpoint import read_latest, tag_problem
+from ds_deblur.ckpt.tags import read_latest, tag_problem
 from ds_deblur.run_log import read_train_log
 from reliability_settings import FULL
 from train_utils import output_of, run_train

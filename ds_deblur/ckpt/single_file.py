@@ -5,7 +5,7 @@ Layout (DESIGN §6), everything loadable with ``torch.load(path, weights_only=Tr
     {'step', 'epoch', 'best_psnr',
      'state_dict': fp32 weights and buffers of the plain nn.Module (no 'module.' prefix),
      'optimizer':  torch.optim.AdamW state dict (params by index in model.parameters() order),
-     'scheduler':  torch LR scheduler state dict (LambdaLR),
+     'scheduler':  the torch LR scheduler's state dict,
      'scaler':     torch.amp.GradScaler state dict for fp16 runs, else None,
      'config':     the ds_deblur config dict (``load_config(ckpt['config'])``),
      'meta':       format, source tag and dir, world size, ZeRO stage, precision, versions, best_step,
@@ -16,63 +16,30 @@ anything runs.
 """
 from __future__ import annotations
 
-import os
 import pickle
 import zipfile
 from pathlib import Path
-from typing import Any, Callable, Union
+from typing import Any, Union
 
 import torch
 
+from ds_deblur.ckpt.gather import Gathered, gather, module_state_dict, open_tag, param_order
 from ds_deblur.errors import CheckpointFormatError, CheckpointNotFoundError
 
 FORMAT = 1
 KEYS = ("step", "epoch", "best_psnr", "state_dict", "optimizer", "scheduler", "scaler", "config", "meta")
+PathLike = Union[str, Path]
 
 
-def checkpoint_not_found(path: Union[str, Path]) -> CheckpointNotFoundError:
-    return CheckpointNotFoundError(path)
+# --- reading ------------------------------------------------------------------------------------------------
 
-
-def save_atomic(obj: Any, path: Union[str, Path]) -> Path:
-    """``torch.save`` that never leaves a half-written ``path`` (see ``write_atomic``)."""
-    return write_atomic(path, lambda tmp: torch.save(obj, tmp))
-
-
-def write_atomic(path: Union[str, Path], write: Callable[[Path], None]) -> Path:
-    """Run ``write`` on a temporary file beside ``path``, fsync it, then rename it over ``path``.
-
-    A crash at any moment leaves either the previous file or the new one, never a half-written one."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        write(tmp)
-        fsync_path(tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    # The rename itself is only durable once the directory entry is on disk.
-    fsync_path(path.parent)
-    return path
-
-
-def fsync_path(path: Path) -> None:
-    """Flush a file, or a directory's entries, to disk."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def read_weights_only(path: Union[str, Path], mmap: bool = False) -> Any:
+def read_weights_only(path: PathLike, mmap: bool = False) -> Any:
     """``torch.load(path, weights_only=True)`` with errors that name the file and say what is wrong.
 
     ``mmap=True`` maps the tensors instead of reading them (for looking at a file without loading it)."""
     path = Path(path)
     if not path.is_file():
-        raise checkpoint_not_found(path)
+        raise CheckpointNotFoundError(path)
     try:
         return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except pickle.UnpicklingError as err:
@@ -98,7 +65,11 @@ def _first_line(err: BaseException) -> str:
     return str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
 
 
-def load_single_file(path: Union[str, Path]) -> dict:
+def is_single_file(obj: Any) -> bool:
+    return isinstance(obj, dict) and all(key in obj for key in KEYS) and isinstance(obj["meta"], dict)
+
+
+def load_single_file(path: PathLike) -> dict:
     """Load and check a single-file checkpoint; raises ``CheckpointFormatError`` naming the file if it is not ours."""
     ckpt = read_weights_only(path)
     if not is_single_file(ckpt):
@@ -110,6 +81,63 @@ def load_single_file(path: Union[str, Path]) -> dict:
         raise CheckpointFormatError(f"{path} has single-file format {ckpt['meta'].get('format')!r}; this ds_deblur "
                                     f"reads format {FORMAT}")
     return ckpt
+
+
+def single_file_step(path: Path) -> Any:
+    """The step a single file was exported at, or None when it is missing or damaged (then it is re-exported)."""
+    try:
+        return read_weights_only(path, mmap=True)["step"] if path.is_file() else None
+    except (CheckpointFormatError, KeyError, TypeError):
+        return None
+
+
+# --- building one from a tag ----------------------------------------------------------------------------------
+
+def single_file_dict(tag_dir: Path) -> dict:
+    """The single-file checkpoint of a complete tag."""
+    tag = open_tag(tag_dir)
+    state = tag.state
+    missing = [key for key in ("step", "epoch", "best_psnr", "config") if key not in state]
+    if missing:
+        raise CheckpointFormatError(f"{tag_dir}: the trainer's client state lacks {missing}; it was written by "
+                                    f"another version of ds_deblur's trainer")
+    gathered = gather(tag, with_moments=True)
+    meta = {
+        "format": FORMAT, "source_tag": tag.dir.name, "source_dir": str(tag.dir.parent.resolve()),
+        "world_size": tag.world_size, "zero_stage": tag.stage, "precision": tag.precision,
+        "versions": state.get("versions", {}), "best_step": state.get("best_step"), "data": state.get("data"),
+        "spike": state.get("spike"),
+        "global_steps": tag.header.get("global_steps"), "skipped_steps": tag.header.get("skipped_steps"),
+        "loss_scaler": gathered.loss_scaler,
+    }
+    return plain({
+        "step": state["step"], "epoch": state["epoch"], "best_psnr": state["best_psnr"],
+        "state_dict": module_state_dict(tag, gathered.weights),
+        "optimizer": adamw_state_dict(gathered, param_order(tag, gathered.weights), tag.dir),
+        "scheduler": tag.header.get("lr_scheduler"),
+        "scaler": grad_scaler_state(gathered.loss_scaler) if gathered.loss_scaler else None,
+        "config": state["config"],
+        "meta": meta,
+    })
+
+
+def adamw_state_dict(gathered: Gathered, order: list[str], source: Path) -> dict:
+    """What ``torch.optim.AdamW(model.parameters()).state_dict()`` would hold after the same training."""
+    settings = gathered.param_groups[0]
+    if any(group != settings for group in gathered.param_groups[1:]):
+        raise CheckpointFormatError(f"{source}: parameter groups with different settings; ds_deblur builds one")
+    template = torch.optim.AdamW([torch.zeros(1)]).state_dict()["param_groups"][0]
+    group = {key: settings.get(key, default) for key, default in template.items() if key != "params"}
+    group["betas"] = tuple(group["betas"])
+    if "initial_lr" in settings:
+        group["initial_lr"] = settings["initial_lr"]
+    group["params"] = list(range(len(order)))
+    state = {}
+    for index, name in enumerate(order):
+        if name in gathered.steps:
+            state[index] = {"step": torch.tensor(gathered.steps[name], dtype=torch.float32),
+                            **{key: tensors[name] for key, tensors in gathered.moments.items()}}
+    return {"state": state, "param_groups": [group]}
 
 
 def plain(obj: Any, where: str = "checkpoint") -> Any:
@@ -129,10 +157,6 @@ def plain(obj: Any, where: str = "checkpoint") -> Any:
         return tuple(items) if isinstance(obj, tuple) else items
     raise CheckpointFormatError(f"{where} is a {type(obj).__name__}, which a weights_only checkpoint cannot hold; "
                                 f"store builtin types (int, float, str, list, dict) or tensors there")
-
-
-def is_single_file(obj: Any) -> bool:
-    return isinstance(obj, dict) and all(key in obj for key in KEYS) and isinstance(obj["meta"], dict)
 
 
 def grad_scaler_state(loss_scaler: dict) -> dict:
@@ -156,35 +180,3 @@ def grad_scaler_state(loss_scaler: dict) -> dict:
         "growth_interval": window,
         "_growth_tracker": (good_steps - 1) % window if good_steps > 0 else 0,
     }
-
-
-def load_weights(model: torch.nn.Module, path: Union[str, Path]) -> str:
-    """Load model weights for ``--init-weights``: a single file (``state_dict``), a weights export (.pth or
-    .safetensors) or an official VRT release file keyed ``params`` (loaded into ``model.vrt``). Strict: every
-    key must fit. Never unpickles code. Returns what was loaded, in words."""
-    path = Path(path)
-    if not path.is_file():
-        raise checkpoint_not_found(path)
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-        weights, target, what = load_file(str(path)), model, "weights export"
-    else:
-        obj = read_weights_only(path)
-        if not isinstance(obj, dict):
-            raise CheckpointFormatError(f"{path} holds a {type(obj).__name__}, not model weights")
-        if "state_dict" in obj:
-            weights, target, what = obj["state_dict"], model, f"single file (step {obj.get('step')})"
-        elif "params" in obj:
-            weights, target, what = obj["params"], getattr(model, "vrt", model), "official VRT weights (backbone)"
-        else:
-            weights, target, what = obj, model, "weights export"
-    result = target.load_state_dict(weights, strict=False)
-    if result.missing_keys or result.unexpected_keys:
-        raise CheckpointFormatError(
-            f"{path} ({what}) does not fit this model: missing {_few(result.missing_keys)}, unexpected "
-            f"{_few(result.unexpected_keys)}. Check MODEL.PRESET and the other MODEL keys")
-    return what
-
-
-def _few(keys: list) -> str:
-    return f"{len(keys)} keys" + (f" ({', '.join(keys[:4])}{', ...' if len(keys) > 4 else ''})" if keys else "")

@@ -15,12 +15,14 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from deepspeed.checkpoint import ds_to_universal
 
 from ds_deblur import distributed
+from ds_deblur.ckpt.tags import commit_fingerprint
 from ds_deblur.errors import UniversalError
 
 SUFFIX = ".universal"
-SOURCE = "SOURCE_COMMIT.json"  # the source tag's COMMIT.json, copied when the cache is complete
+SOURCE = "SOURCE_COMMIT.json"  # the source tag's commit marker, copied when the cache is complete
 
 
 def cache_of(tag_dir: Path) -> Path:
@@ -30,7 +32,7 @@ def cache_of(tag_dir: Path) -> Path:
 
 def is_current(tag_dir: Path) -> bool:
     marker = cache_of(tag_dir) / SOURCE
-    return marker.is_file() and marker.read_text() == (tag_dir / "COMMIT.json").read_text()
+    return marker.is_file() and marker.read_text() == commit_fingerprint(tag_dir)
 
 
 def prepare(tag_dir: Path) -> Path:
@@ -52,7 +54,6 @@ def prepare(tag_dir: Path) -> Path:
 
 def convert(tag_dir: Path) -> Path:
     """Build ``cache_of(tag_dir)`` from scratch, atomically (a crash leaves at most a ``.partial`` directory)."""
-    from deepspeed.checkpoint import ds_to_universal
     cache = cache_of(tag_dir)
     partial = cache.with_name(cache.name + ".partial")
     shutil.rmtree(partial, ignore_errors=True)
@@ -61,7 +62,7 @@ def convert(tag_dir: Path) -> Path:
     ds_to_universal.main(Namespace(input_folder=str(tag_dir), output_folder=str(partial / tag_dir.name),
                                    num_extract_workers=1, num_merge_workers=1, keep_temp_folder=False,
                                    strict=True, inject_missing_state=True))
-    (partial / SOURCE).write_text((tag_dir / "COMMIT.json").read_text())
+    (partial / SOURCE).write_text(commit_fingerprint(tag_dir))
     shutil.rmtree(cache, ignore_errors=True)
     partial.rename(cache)
     return cache

@@ -1,0 +1,22 @@
+"""Everything about checkpoints, in one package.
+
+    tags        tag directories, their commit marker (COMMIT.json) and ``latest``; ``resolve(path)`` says what a
+                checkpoint path is (the only code that reads or writes the marker or ``latest``)
+    atomic      crash-safe file writes
+    engine_io   live engine <-> files: save + commit a tag, load a tag (any world size), load a single file
+    gather      reading a tag offline: ZeRO partitions gathered into whole fp32 tensors
+    single_file the single-file format (last.pth / best.pth): read, build from a tag
+    weights     model weights from any checkpoint kind; fp32 weights exports
+    export      single-file exports in a background thread of rank 0
+    universal   DeepSpeed's universal checkpoint, for a tag resumed on another world size
+    retention   which step tags stay on disk
+    rng         per-rank RNG streams inside a tag
+    compat      which config changes a resumed run accepts
+    state       TrainState and the tag's client state
+    manager     CheckpointManager: what the trainer calls
+"""
+from ds_deblur.ckpt.manager import CheckpointManager, CheckpointOptions
+from ds_deblur.ckpt.state import TrainState
+from ds_deblur.ckpt.tags import Location, resolve
+
+__all__ = ["CheckpointManager", "CheckpointOptions", "Location", "TrainState", "resolve"]

@@ -1,0 +1,156 @@
+"""Moving state between a live DeepSpeed engine and the checkpoint files: saving a tag (every rank) and committing
+it, loading a tag (any world size, through the universal cache when it differs), and loading a single file into
+ZeRO's partitions on any world size and stage. The only code that writes into DeepSpeed's optimizer internals.
+"""
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from typing import Any, Optional
+
+import torch
+import torch.distributed as dist
+from deepspeed.checkpoint import constants as ds_constants
+from deepspeed.utils import (safe_set_full_fp32_param, safe_set_full_optimizer_state, safe_set_local_fp32_param,
+                             safe_set_local_optimizer_state)
+
+from ds_deblur import distributed, faults
+from ds_deblur.ckpt import universal
+from ds_deblur.ckpt.rng import load_rng, save_rng
+from ds_deblur.ckpt.state import FORMAT_VERSION
+from ds_deblur.ckpt.tags import PARTIAL, commit, saved_world_size, swap_in, write_latest
+from ds_deblur.errors import CheckpointError
+
+CLIENT_KEY = "ds_deblur"
+# DeepSpeed's universal converter (another world size on resume) needs its info key in the client state.
+_UNIVERSAL_INFO = {ds_constants.UNIVERSAL_CHECKPOINT_INFO: {
+    ds_constants.UNIVERSAL_CHECKPOINT_VERSION_KEY: ds_constants.UNIVERSAL_CHECKPOINT_VERSION_VALUE}}
+
+
+def _rank() -> int:
+    return dist.get_rank() if dist.is_initialized() else 0
+
+
+def _world() -> int:
+    return dist.get_world_size() if dist.is_initialized() else 1
+
+
+# --- tags -------------------------------------------------------------------------------------------------------
+
+def save_tag(engine: Any, ckpt_dir: Path, tag: str, state: dict) -> None:
+    """Save ``tag`` on every rank (all ranks must call) and commit it; ``latest`` then names it. A tag that exists
+    already (``best``) is written beside it and swapped in once complete."""
+    staging = f"{tag}{PARTIAL}" if (ckpt_dir / tag).exists() else tag
+    if distributed.is_main() and (ckpt_dir / staging).exists():
+        shutil.rmtree(ckpt_dir / staging)  # a leftover of an interrupted save: never complete
+    distributed.barrier()
+    engine.save_checkpoint(str(ckpt_dir), tag=staging, client_state={CLIENT_KEY: state, **_UNIVERSAL_INFO},
+                           save_latest=False)
+    save_rng(ckpt_dir / staging, _rank())
+    faults.kill_point("save", tag, last_rank=True)
+    distributed.barrier()
+    if distributed.is_main():
+        commit(ckpt_dir / staging, tag, state["step"], state["world_size"])
+        if staging != tag:
+            swap_in(ckpt_dir, staging, tag)
+            universal.remove(ckpt_dir / tag)  # converted from the tag it replaced
+        write_latest(ckpt_dir, tag)
+    distributed.barrier()
+
+
+def load_tag(engine: Any, tag_dir: Path) -> dict:
+    """Load a complete tag into the engine (model, optimizer, LR schedule, loss scaler) and this rank's RNG;
+    returns our saved state with ``rng_restored``.
+
+    A tag saved on another world size loads from its universal cache, which needs an engine initialised with
+    ``checkpoint.load_universal`` (CheckpointManager.prepare sets it); RNG streams are per rank and are then not
+    restored."""
+    other_world = saved_world_size(tag_dir) != _world()
+    if other_world and not engine.load_universal_checkpoint():
+        raise CheckpointError(
+            f"{tag_dir} was saved on {saved_world_size(tag_dir)} ranks and this run has {_world()}: that takes "
+            f"DeepSpeed's universal checkpoint (ds_deblur.ckpt.universal.prepare, then an engine with "
+            f'"checkpoint": {{"load_universal": true}}); the trainer does both by itself on --resume')
+    load_dir = universal.cache_of(tag_dir) if other_world else tag_dir.parent
+    path, client = engine.load_checkpoint(str(load_dir), tag=tag_dir.name, load_optimizer_states=True,
+                                          load_lr_scheduler_states=True, load_module_strict=True)
+    if path is None or client is None or CLIENT_KEY not in client:
+        raise CheckpointError(f"{tag_dir} holds no ds_deblur state: not a checkpoint of this trainer")
+    state = client[CLIENT_KEY]
+    if state.get("format") != FORMAT_VERSION:
+        raise CheckpointError(f"{tag_dir} has checkpoint format {state.get('format')}, "
+                              f"this ds_deblur reads format {FORMAT_VERSION}")
+    if other_world:
+        universal.restore_buffers(engine, tag_dir)
+        return {**state, "rng_restored": False}
+    load_rng(tag_dir, _rank())
+    return {**state, "rng_restored": True}
+
+
+# --- single files -------------------------------------------------------------------------------------------
+
+def load_single(engine: Any, ckpt: dict, load_optimizer: bool = True) -> dict:
+    """Restore a single-file checkpoint into an initialised engine, whatever its world size and ZeRO stage.
+
+    The module must already hold ``ckpt['state_dict']`` (load it before ``deepspeed.initialize``, so every
+    stage's low-precision copies and ZeRO-3 partitions start from it); this sets the fp32 masters exactly, the
+    Adam moments and step, the LR schedule, the loss scaler and the engine's counters. Returns our state."""
+    weights = ckpt["state_dict"]
+    params = list(engine.module.named_parameters())
+    for name, param in params:
+        _set_full(param, weights[name])
+    meta = ckpt["meta"]
+    if load_optimizer:
+        moments = ckpt["optimizer"]["state"]
+        _prepare_adam_state(engine, max(float(s["step"]) for s in moments.values()))
+        for index, (_, param) in enumerate(params):
+            for key in ("exp_avg", "exp_avg_sq"):
+                _set_full(param, moments[index][key], key)
+        engine.lr_scheduler.load_state_dict(ckpt["scheduler"])
+        for group, lr in zip(engine.optimizer.param_groups, engine.lr_scheduler.get_last_lr()):
+            group["lr"] = lr  # load_state_dict restores the schedule's position, not the optimizer's LR
+        _set_loss_scaler(engine, meta.get("loss_scaler"))
+        engine.global_steps = int(meta.get("global_steps") or ckpt["step"])
+        engine.skipped_steps = int(meta.get("skipped_steps") or 0)
+    return {"step": ckpt["step"], "epoch": ckpt["epoch"], "best_psnr": ckpt["best_psnr"],
+            "best_step": meta.get("best_step") or 0, "data": meta["data"], "config": ckpt["config"],
+            "world_size": meta["world_size"], "rng_restored": False}
+
+
+def _set_full(param: torch.nn.Parameter, value: torch.Tensor, key: Optional[str] = None) -> None:
+    """Write a whole fp32 tensor (the weights, or optimizer state ``key``) into ZeRO's partitions of ``param``."""
+    value = value.float()
+    if not hasattr(param, "ds_id"):  # ZeRO 1/2
+        safe_set_full_fp32_param(param, value) if key is None else safe_set_full_optimizer_state(param, value, key)
+        return
+    # ZeRO-3: DeepSpeed's full setter does not pad the last rank's share, so cut this rank's share ourselves.
+    share = param.ds_tensor.ds_numel
+    piece = value.flatten()[_rank() * share:(_rank() + 1) * share]
+    piece = torch.nn.functional.pad(piece, (0, share - piece.numel()))
+    safe_set_local_fp32_param(param, piece) if key is None else safe_set_local_optimizer_state(param, piece, key)
+
+
+def _prepare_adam_state(engine: Any, step: float) -> None:
+    """Create AdamW's state on ZeRO's flat fp32 partitions as torch would at its first step (it is lazy), with
+    the saved step count, and link it to the parameters, so the moments can be written before training."""
+    base = getattr(engine.optimizer, "optimizer", engine.optimizer)
+    flats = getattr(engine.optimizer, "fp32_partitioned_groups_flat", None)  # ZeRO-3 keys its state by these
+    if flats is None:
+        flats = [flat for group in base.param_groups for flat in group["params"]]
+    for flat in flats:
+        state = base.state[flat]
+        state.setdefault("exp_avg", torch.zeros_like(flat))
+        state.setdefault("exp_avg_sq", torch.zeros_like(flat))
+        state["step"] = torch.tensor(step, dtype=torch.float32)
+    if hasattr(engine.optimizer, "_lazy_init_hp_params_optimizer_state"):  # ZeRO 1/2: DeepSpeed links after step 1
+        engine.optimizer._hp_optimizer_states_linked = False
+        engine.optimizer._lazy_init_hp_params_optimizer_state()
+
+
+def _set_loss_scaler(engine: Any, values: Optional[dict]) -> None:
+    scaler = getattr(engine.optimizer, "loss_scaler", None)
+    if values is None or scaler is None or not engine.fp16_enabled():
+        return
+    for key in ("cur_scale", "cur_iter", "last_overflow_iter", "cur_hysteresis"):
+        if key in values and hasattr(scaler, key):
+            setattr(scaler, key, values[key])

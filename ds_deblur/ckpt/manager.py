@@ -1,0 +1,219 @@
+"""The one object the trainer calls for checkpoints: what to restore before and after ``deepspeed.initialize``,
+saving tags on a schedule with retention, and single-file exports in the background.
+
+    ckpt = CheckpointManager(CheckpointOptions.from_config(cfg), cfg, train_loader, world, precision, say)
+    ckpt.prepare(args, model, ds_config)   # --resume / --init-weights: what must be in the module before the engine
+    engine = deepspeed.initialize(...)
+    state = ckpt.restore(engine)           # -> TrainState (a fresh one when nothing is resumed)
+    ckpt.save(state)                       # every rank; rank 0 then exports last.pth in the background
+    ckpt.close()                           # waits for the last export
+"""
+from __future__ import annotations
+
+import shutil
+from argparse import Namespace
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+import torch
+
+from ds_deblur import distributed
+from ds_deblur.ckpt import universal
+from ds_deblur.ckpt.atomic import remove_temporaries
+from ds_deblur.ckpt.compat import check_config_change
+from ds_deblur.ckpt.engine_io import load_single, load_tag, save_tag
+from ds_deblur.ckpt.export import BackgroundExporter, stale_exports
+from ds_deblur.ckpt.gather import fp32_state_dict, open_tag
+from ds_deblur.ckpt.retention import retain
+from ds_deblur.ckpt.single_file import load_single_file
+from ds_deblur.ckpt.state import TrainState, client_state
+from ds_deblur.ckpt.tags import BEST, Location, newest_complete, read_latest, resolve, saved_world_size, step_tag, \
+    tag_problem
+from ds_deblur.ckpt.weights import load_weights
+from ds_deblur.config import Config
+from ds_deblur.errors import CheckpointError, ConfigError, DsDeblurError
+
+Say = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class CheckpointOptions:
+    """Where and how often a run saves (the config's LOG section)."""
+    ckpt_dir: Path  # LOG.SAVE_DIR/ckpts
+    save_every: int  # LOG.SAVE_EVERY_STEPS: a tag every N optimizer steps (and at the end)
+    keep_last: int  # LOG.KEEP_LAST: step tags kept (the newest complete one and best are never removed)
+    export_single_file: bool  # LOG.EXPORT_SINGLE_FILE: last.pth / best.pth after each save
+
+    def __post_init__(self) -> None:
+        if self.save_every < 1 or self.keep_last < 1:
+            raise ConfigError(f"LOG.SAVE_EVERY_STEPS ({self.save_every}) and LOG.KEEP_LAST ({self.keep_last}) "
+                              f"must be >= 1")
+
+    @classmethod
+    def from_config(cls, cfg: Config) -> "CheckpointOptions":
+        log = cfg.LOG
+        return cls(Path(log.SAVE_DIR) / "ckpts", log.SAVE_EVERY_STEPS, log.KEEP_LAST, log.EXPORT_SINGLE_FILE)
+
+
+class CheckpointManager:
+    def __init__(self, options: CheckpointOptions, cfg: Config, loader: Optional[Any], world: int, precision: str,
+                 say: Say = print) -> None:
+        """``loader``: the training loader whose position and spike input the tags record (None: a run without
+        data, such as the checkpoint benchmark)."""
+        self.options, self.cfg, self.loader, self.world, self.precision = options, cfg, loader, world, precision
+        self.dir, self.say = options.ckpt_dir, say
+        self.engine: Any = None
+        self._complete: Optional[Callable[[Any], dict]] = None  # the restore step that needs the engine
+        self._reset_optimizer = False
+        main = distributed.is_main() and options.export_single_file
+        self.exporter = BackgroundExporter(self.dir, say) if main else None
+
+    # --- restoring ------------------------------------------------------------------------------------------
+
+    def prepare(self, args: Namespace, model: torch.nn.Module, ds_config: dict) -> None:
+        """Before ``deepspeed.initialize``: load ``--init-weights``, or find what ``--resume`` names (auto: the
+        newest complete tag, or a fresh start), check that it fits this run and put into ``model`` and
+        ``ds_config`` what the engine must be built with."""
+        if args.init_weights:
+            what = load_weights(model, args.init_weights)
+            self.say(f"[train] Initialised weights from {args.init_weights} ({what}); new run from step 0")
+            return
+        if not args.resume:
+            return
+        location = self._locate(args.resume)
+        if location is None:
+            self.say(f"[train] --resume auto: no complete checkpoint under {self.dir}, starting a fresh run")
+            return
+        self._reset_optimizer = args.reset_optimizer
+        self.say(f"[train] Loading checkpoint {location.path}")
+        if location.kind == "file":
+            self._prepare_single_file(location.path, model)
+        else:
+            self._prepare_tag(location.path, model, ds_config)
+
+    def _locate(self, resume: str) -> Optional[Location]:
+        if resume != "auto":
+            return resolve(resume)
+        tag = newest_complete(self.dir)
+        return Location("tag", self.dir / tag) if tag else None
+
+    def _prepare_single_file(self, path: Path, model: torch.nn.Module) -> None:
+        single = load_single_file(path)
+        self._check_fits(single["config"])
+        model.load_state_dict(single["state_dict"])  # every ZeRO stage then starts from these weights
+        self._complete = lambda engine: load_single(engine, single, not self._reset_optimizer)
+
+    def _prepare_tag(self, tag_dir: Path, model: torch.nn.Module, ds_config: dict) -> None:
+        self._check_fits(open_tag(tag_dir).state["config"])
+        if self._reset_optimizer:
+            # Weights only: read them ourselves (DeepSpeed's ZeRO-3 load ignores the tag when it skips the optimizer
+            # states, DeepSpeed issue #8499), which also works on any world size.
+            model.load_state_dict(fp32_state_dict(tag_dir))
+            self._complete = lambda engine: {**open_tag(tag_dir).state, "rng_restored": False}
+            return
+        saved_world = saved_world_size(tag_dir)
+        if saved_world != self.world:
+            self.say(f"[train] {tag_dir} was saved on {saved_world} ranks, this run has {self.world}: loading it "
+                     f"through DeepSpeed's universal checkpoint")
+            universal.prepare(tag_dir)
+            ds_config.setdefault("checkpoint", {})["load_universal"] = True
+        self._complete = lambda engine: load_tag(engine, tag_dir)
+
+    def _check_fits(self, saved_config: dict) -> None:
+        """A changed model or data-shape key is an error before any weight is loaded (warnings come later)."""
+        check_config_change(saved_config, self.cfg.to_dict(), self.world, self.world, warn=lambda _: None)
+
+    def restore(self, engine: Any) -> TrainState:
+        """After ``deepspeed.initialize``: complete the restore on the engine and the data loader, say what was
+        restored, and re-export single files a killed run left behind. Returns the state to continue from."""
+        self.engine = engine
+        if self._complete is None:
+            return TrainState()
+        saved = self._complete(engine)
+        check_config_change(saved["config"], self.cfg.to_dict(), saved["world_size"], self.world, warn=self.say)
+        state = TrainState(saved["step"], saved["epoch"], saved["best_psnr"], saved["best_step"])
+        if self.loader is not None:
+            self.loader.load_state_dict(saved["data"])
+        self._report(state, saved)
+        if self.exporter is not None and self.dir.is_dir():  # resumed into a new run directory: nothing to redo
+            remove_temporaries(self.dir)
+            for tag, name in stale_exports(self.dir):
+                self.say(f"[train] Re-exporting {self.dir / name} from {tag} in the background: the previous run "
+                         f"stopped between a save and its export")
+                self.exporter.submit(tag, name)
+        return state
+
+    def _report(self, state: TrainState, saved: dict) -> None:
+        say = self.say
+        same_batch = saved["world_size"] == self.world and \
+            saved["config"]["TRAIN"]["BATCH_SIZE"] == self.cfg.TRAIN.BATCH_SIZE
+        say(f"[train] Resuming from step {state.step} (epoch {state.epoch}), best PSNR so far {state.best_psnr:.4f}")
+        say("[train] ✓ Model weights loaded")
+        if self._reset_optimizer:
+            say("[train] ✓ Optimizer and LR schedule start fresh (--reset-optimizer)")
+        else:
+            say("[train] ✓ Optimizer state loaded (fp32 masters, Adam moments)")
+            say("[train] ✓ LR scheduler state loaded")
+            if self.precision == "fp16":
+                say("[train] ✓ Loss scaler state loaded")
+            say("[train] ✓ RNG state loaded" if saved["rng_restored"] else
+                "[train] RNG state not restored (world size changed, or a single file): data order and "
+                "augmentation still continue exactly; only random model ops (drop path) differ")
+        if saved["data"]:  # none without a data loader (the checkpoint benchmark)
+            say(f"[train] ✓ Data position: epoch {saved['data']['epoch']}, sample {saved['data']['position']}"
+                + ("" if same_batch else " (batch layout changed: the remaining order is the same, grouped into "
+                                         "different batches)"))
+
+    # --- saving ---------------------------------------------------------------------------------------------
+
+    def due(self, step: int) -> bool:
+        return step % self.options.save_every == 0
+
+    def has_complete_tag(self, step: int) -> bool:
+        return tag_problem(self.dir / step_tag(step)) is None
+
+    def save(self, state: TrainState, tag: Optional[str] = None) -> None:
+        """Save and commit a tag on every rank (all must call; default: the step's tag), apply retention, and
+        have rank 0 export its single file in the background. Returns once the tag is committed."""
+        tag = tag or step_tag(state.step)
+        if self.exporter is not None:
+            self.exporter.wait(tag)  # a tag saved again (best) is swapped in: never while an export reads it
+        data = self.loader.state_dict() if self.loader is not None else {}
+        client = client_state(state, data, self.cfg.to_dict(), self.engine, self.precision, self.world,
+                              spike=self.spike_input())
+        try:
+            save_tag(self.engine, self.dir, tag, client)
+            if distributed.is_main() and tag != BEST:
+                retain(self.dir, self.options.keep_last, in_use=self.exporter.in_use() if self.exporter else ())
+        except DsDeblurError:
+            raise
+        except (OSError, RuntimeError) as err:  # a full disk (torch.save raises RuntimeError), a lost mount
+            raise self._save_failed(tag, err) from err
+        if self.exporter is not None:
+            self.exporter.submit(tag)
+        distributed.barrier()
+
+    def _save_failed(self, tag: str, err: Exception) -> CheckpointError:
+        free = shutil.disk_usage(self.dir).free / 2**20
+        rank = torch.distributed.get_rank() if torch.distributed.is_initialized() else 0
+        return CheckpointError(
+            f"saving checkpoint {tag} failed on rank {rank}: {type(err).__name__}: {err} ({free:.0f} MiB free on "
+            f"the checkpoint disk). The newest complete checkpoint is {read_latest(self.dir) or 'none'} "
+            f"('latest'), untouched, and last.pth/best.pth are whole (written atomically); free space, then "
+            f"resume with --resume auto")
+
+    def spike_input(self) -> Optional[dict]:
+        """The spike input as the data defined it (what inference must feed the model)."""
+        if self.loader is None:
+            return None
+        dataset = self.loader.dataset
+        return {"size": list(dataset.spike_size), "k": dataset.options.k, "mean": dataset.options.mean,
+                "std": dataset.options.std}
+
+    def close(self) -> None:
+        """Wait for the exports still running (rank 0), so that last.pth/best.pth match the last tags."""
+        if self.exporter is not None:
+            if self.exporter.in_use():
+                self.say("[train] Waiting for the background export of last.pth/best.pth to finish")
+            self.exporter.wait()

@@ -1,0 +1,96 @@
+"""Model weights from any kind of checkpoint (for ``--init-weights`` and inference) and fp32 weights exports.
+
+Kinds read: a single file (``last.pth``/``best.pth``, or any dict with a ``state_dict``), a complete tag or
+checkpoint directory, a weights export (``.pth`` dict of tensors or ``.safetensors``; ours carry the run's config
+and spike input as metadata), and an official VRT release file keyed ``params`` (weights of ``model.vrt``).
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional, Union
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
+
+from ds_deblur.ckpt.atomic import save_atomic, write_atomic
+from ds_deblur.ckpt.gather import fp32_state_dict, gather, module_state_dict, open_tag
+from ds_deblur.ckpt.single_file import read_weights_only
+from ds_deblur.ckpt.tags import resolve
+from ds_deblur.errors import CheckpointFormatError
+
+PathLike = Union[str, Path]
+
+
+@dataclass
+class Weights:
+    """A state dict plus what rebuilds its model: the run's config and spike input (None when not recorded)."""
+    state_dict: dict[str, torch.Tensor]
+    config: Optional[dict]
+    spike: Optional[dict]
+    what: str
+    backbone_only: bool = False  # an official VRT release: the weights of ``model.vrt``
+
+
+def read_weights(path: PathLike) -> Weights:
+    """The weights held by any checkpoint kind at ``path`` (a missing path is 'Checkpoint not found')."""
+    location = resolve(path)
+    path = location.path
+    if location.kind == "tag":
+        state = open_tag(path).state
+        return Weights(fp32_state_dict(path), state.get("config"), state.get("spike"), f"tag {path.name}")
+    if path.suffix == ".safetensors":
+        with safe_open(str(path), "pt") as handle:
+            meta = handle.metadata() or {}
+        return Weights(load_file(str(path)), json.loads(meta.get("config", "null")),
+                       json.loads(meta.get("spike", "null")), "weights export")
+    obj = read_weights_only(path)
+    if isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
+        meta = obj.get("meta") if isinstance(obj.get("meta"), dict) else {}
+        return Weights(obj["state_dict"], obj.get("config"), meta.get("spike"), f"single file (step {obj.get('step')})")
+    if isinstance(obj, dict) and isinstance(obj.get("params"), dict):
+        return Weights(obj["params"], None, None, "official VRT weights (backbone)", backbone_only=True)
+    if isinstance(obj, dict) and obj and all(torch.is_tensor(v) for v in obj.values()):
+        return Weights(obj, None, None, "weights export")
+    kind = f"a dict with keys {sorted(map(str, obj))[:6]}" if isinstance(obj, dict) else f"a {type(obj).__name__}"
+    raise CheckpointFormatError(f"{path} holds {kind}: neither a ds_deblur checkpoint nor model weights")
+
+
+def load_into(model: torch.nn.Module, weights: Weights, path: PathLike) -> None:
+    """Load strictly: every key of the model (``model.vrt`` for an official VRT file) must be in the weights."""
+    target = getattr(model, "vrt", model) if weights.backbone_only else model
+    result = target.load_state_dict(weights.state_dict, strict=False)
+    if result.missing_keys or result.unexpected_keys:
+        raise CheckpointFormatError(
+            f"{path} ({weights.what}) does not fit this model: missing {_few(result.missing_keys)}, unexpected "
+            f"{_few(result.unexpected_keys)}. Check MODEL.PRESET and the other MODEL keys")
+
+
+def load_weights(model: torch.nn.Module, path: PathLike) -> str:
+    """``--init-weights``: load the weights of ``path`` into ``model``; returns what was loaded, in words."""
+    weights = read_weights(path)
+    load_into(model, weights, path)
+    return weights.what
+
+
+def _few(keys: list) -> str:
+    return f"{len(keys)} keys" + (f" ({', '.join(keys[:4])}{', ...' if len(keys) > 4 else ''})" if keys else "")
+
+
+def export_weights(tag_dir: Path, out_path: PathLike) -> Path:
+    """Write a complete tag's fp32 weights and buffers: safetensors for ``*.safetensors``, else ``torch.save``."""
+    tag = open_tag(tag_dir)
+    weights = module_state_dict(tag, gather(tag, with_moments=False).weights)
+    if Path(out_path).suffix != ".safetensors":
+        return save_atomic(weights, out_path)
+    seen: set[int] = set()
+    tensors = {}
+    for key, value in weights.items():  # safetensors refuses shared storage: tied weights get their own copy
+        tensors[key] = value.contiguous() if id(value) not in seen else value.clone()
+        seen.add(id(value))
+    # The run's config and spike input ride along as metadata, so that inference can rebuild the model.
+    metadata = {"format": "pt", "tag": tag.dir.name, "config": json.dumps(tag.state.get("config")),
+                "spike": json.dumps(tag.state.get("spike"))}
+    return write_atomic(out_path, lambda tmp: save_file(tensors, tmp, metadata=metadata))
