@@ -2,6 +2,9 @@
 
     deepspeed --num_gpus=4 ds_deblur/train.py --config CFG.yaml --deepspeed_config ds_configs/zero2_fp16.json
     torchrun --nproc_per_node=4 ds_deblur/train.py ...        python ds_deblur/train.py ...   (one process)
+
+Without --deepspeed_config (the original trainer's command lines) a built-in engine config is used: ZeRO 2 with
+fp16 dynamic loss scaling on CUDA, fp32 on CPU.
 """
 import os
 import sys
@@ -50,8 +53,6 @@ def parse_args(argv: Optional[list] = None) -> argparse.Namespace:
                         help="set by the launcher")
     deepspeed.add_config_arguments(parser)
     args = parser.parse_args(argv)
-    if args.deepspeed_config is None:
-        parser.error("--deepspeed_config is required (e.g. ds_configs/cpu_fp32.json or ds_configs/zero2_fp16.json)")
     if args.resume and args.init_weights:
         parser.error("--resume and --init-weights exclude each other: resume continues a run, "
                      "init-weights starts a new one")
@@ -87,8 +88,7 @@ class Trainer:
         self.rank, self.world = distributed.init()
         self.save_dir = Path(self.cfg.LOG.SAVE_DIR)
         self.ckpt_dir = self.save_dir / "ckpts"
-        self.ds = eng.resolve_ds_config(eng.read_ds_json(args.deepspeed_config), self.cfg, self.world,
-                                        source=args.deepspeed_config)
+        self.ds = eng.engine_config(args.deepspeed_config, self.cfg, self.world, say=self._say)
         self.precision = eng.precision_of(self.ds)
         torch.manual_seed(self.cfg.SEED)
         self.train_loader, self.val_loader = build_dataloaders(self.cfg, self.rank, self.world)
@@ -111,7 +111,8 @@ class Trainer:
             save_config(self.cfg, self.save_dir / "config.yaml", deepspeed=self.ds)
             (self.save_dir / "versions.json").write_text(json.dumps(checkpoint.versions(), indent=1))
         from ds_deblur.run_log import RunLogger
-        self.log = RunLogger(self.save_dir, distributed.is_main(), self.total_steps, self.state.step)
+        self.log = RunLogger(self.save_dir, distributed.is_main(), self.total_steps, self.state.step,
+                             tensorboard=self.cfg.LOG.TENSORBOARD)
         self.stop_requested = False
         self.min_scale_steps = 0
         self.skipped_in_a_row = 0
@@ -121,10 +122,8 @@ class Trainer:
     # --- set-up helpers ---------------------------------------------------------------------------------------
 
     def _total_steps(self) -> int:
-        if self.cfg.TRAIN.TOTAL_STEPS is not None:
-            return self.cfg.TRAIN.TOTAL_STEPS
-        per_epoch = len(self.train_loader.sampler) * self.cfg.TRAIN.EPOCHS
-        return max(per_epoch // self.cfg.TRAIN.GRADIENT_ACCUMULATION_STEPS, 1)
+        from ds_deblur.engine import total_steps
+        return total_steps(self.cfg, len(self.train_loader))
 
     def _init_weights(self, model: torch.nn.Module, path: str) -> None:
         from ds_deblur.single_file import load_weights
@@ -317,7 +316,7 @@ class Trainer:
         from ds_deblur import distributed
         step, cfg = self.state.step, self.cfg
         last = step >= self.total_steps
-        if step % cfg.TRAIN.VAL_EVERY_STEPS == 0 or last:
+        if step % cfg.LOG.VAL_EVERY_STEPS == 0 or last:
             self._validate()
         diverged = self._divergence()
         if diverged:
@@ -404,7 +403,7 @@ class Trainer:
 
 
 def _hparams(cfg: Any, precision: str, ds: dict, world: int) -> dict:
-    return {"preset": cfg.MODEL.PRESET, "use_spike": cfg.MODEL.USE_SPIKE, "lr": cfg.TRAIN.LR,
+    return {"preset": cfg.MODEL.PRESET, "use_spike": cfg.MODEL.USE_SPIKE, "lr": cfg.TRAIN.OPTIM.LR,
             "batch": cfg.TRAIN.BATCH_SIZE * cfg.TRAIN.GRADIENT_ACCUMULATION_STEPS * world,
             "clip_len": cfg.DATA.CLIP_LEN, "crop": cfg.DATA.CROP_SIZE, "precision": precision,
             "zero_stage": int(ds.get("zero_optimization", {}).get("stage", 0))}
