@@ -355,7 +355,7 @@ class LogConfig:
 
 @dataclass
 class InferenceConfig:
-    BATCH_SIZE: int = doc(1, "python -m ds_deblur.infer: temporal windows per forward pass")
+    BATCH_SIZE: int = doc(1, "python -m ds_deblur.infer: temporal windows per forward pass; only 1 (others warn)")
     NUM_WORKERS: int = doc(2, "python -m ds_deblur.infer: threads reading and voxelising frames ahead of the model")
 
     def validate(self) -> None:
@@ -630,6 +630,7 @@ def _comparable(value: Any) -> Any:
 
 def _conflict(first: str, first_value: Any, second: str, second_value: Any, canonical: str) -> ConfigError:
     alias = second if first == canonical else first
+    first_value, second_value = _comparable(first_value), _comparable(second_value)
     return ConfigError(f"{first} = {first_value!r} and {second} = {second_value!r} are the same setting ({alias} is "
                        f"read as {canonical}) with different values: give only one of them")
 
