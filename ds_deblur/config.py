@@ -594,26 +594,25 @@ def _set_path(raw: dict, dotted: str, value: Any) -> None:
     node[leaf] = value
 
 
-def _pop_path(raw: dict, dotted: str) -> tuple[bool, Any]:
+def _parent(raw: dict, dotted: str) -> tuple[Optional[dict], str]:
+    """The section holding ``dotted`` (None when a section on the way is missing) and the key's last part."""
     *parents, leaf = dotted.split(".")
-    node = raw
+    node: Any = raw
     for part in parents:
         node = node.get(part)
         if not isinstance(node, dict):
-            return False, None
-    if leaf not in node:
-        return False, None
-    return True, node.pop(leaf)
+            return None, leaf
+    return node, leaf
+
+
+def _pop_path(raw: dict, dotted: str) -> tuple[bool, Any]:
+    node, leaf = _parent(raw, dotted)
+    return (True, node.pop(leaf)) if node is not None and leaf in node else (False, None)
 
 
 def _get_path(raw: dict, dotted: str) -> tuple[bool, Any]:
-    *parents, leaf = dotted.split(".")
-    node = raw
-    for part in parents:
-        node = node.get(part)
-        if not isinstance(node, dict):
-            return False, None
-    return (leaf in node), node.get(leaf)
+    node, leaf = _parent(raw, dotted)
+    return (True, node[leaf]) if node is not None and leaf in node else (False, None)
 
 
 def _comparable(value: Any) -> Any:

@@ -7,7 +7,9 @@ from dataclasses import fields
 from pathlib import Path
 from typing import Any, Iterable
 
+import torch
 import yaml
+from torch.optim.lr_scheduler import CosineAnnealingLR, LinearLR, LRScheduler, SequentialLR
 
 from ds_deblur.config import Config, DataConfig, load_config
 
@@ -39,3 +41,26 @@ def loaded_with_warnings(source: Any, overrides: Iterable[str] = ()) -> tuple[Co
         warnings.simplefilter("always")
         cfg = load_config(source, overrides)
     return cfg, [str(w.message) for w in caught]
+
+
+def torch_schedule(lr: float, warmup: int, total: int, eta_min: float = 0.0) -> tuple[torch.optim.Optimizer,
+                                                                                      LRScheduler]:
+    """The original trainer's LR schedule written out with torch's own schedulers, on an optimizer of its own."""
+    opt = torch.optim.AdamW([torch.nn.Parameter(torch.zeros(1))], lr=lr)
+    if 0 < warmup < total:
+        sched = SequentialLR(opt, [LinearLR(opt, start_factor=1e-3, end_factor=1.0, total_iters=warmup),
+                                   CosineAnnealingLR(opt, T_max=total - warmup, eta_min=eta_min)],
+                             milestones=[warmup])
+    else:
+        sched = CosineAnnealingLR(opt, T_max=total, eta_min=eta_min)
+    return opt, sched
+
+
+def lrs_of(opt: torch.optim.Optimizer, sched: LRScheduler, steps: int) -> list[float]:
+    """The LR of each of ``steps`` optimizer steps, stepping the schedule after each, as the trainer does."""
+    seen = []
+    for _ in range(steps):
+        seen.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    return seen

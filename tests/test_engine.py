@@ -7,6 +7,7 @@ from ds_deblur.config import ConfigError, load_config
 from ds_deblur.engine import (CPU_FP16_OPT_IN, EngineConfigError, build_optimizer, build_scheduler,
                               builtin_ds_config, engine_config, lr_factor, precision_of, read_ds_json,
                               resolve_ds_config, total_steps, zero_stage_of)
+from original_trainer import lrs_of, torch_schedule
 
 REPO = Path(__file__).resolve().parents[1]
 CFG = load_config({"DATA": {"ROOT": "/d"}, "TRAIN": {"BATCH_SIZE": 2, "GRADIENT_ACCUMULATION_STEPS": 3,
@@ -50,28 +51,6 @@ def test_bad_json_files(tmp_path):
     bad.write_text("{not json")
     with pytest.raises(EngineConfigError, match="not valid JSON"):
         read_ds_json(bad)
-
-
-def torch_schedule(lr: float, warmup: int, total: int, eta_min: float) -> tuple:
-    """The original trainer's schedule written out with torch's own schedulers, on an optimizer of its own."""
-    from torch.optim.lr_scheduler import CosineAnnealingLR, LinearLR, SequentialLR
-    opt = torch.optim.AdamW([torch.nn.Parameter(torch.zeros(1))], lr=lr)
-    if 0 < warmup < total:
-        sched = SequentialLR(opt, [LinearLR(opt, start_factor=1e-3, end_factor=1.0, total_iters=warmup),
-                                   CosineAnnealingLR(opt, T_max=total - warmup, eta_min=eta_min)],
-                             milestones=[warmup])
-    else:
-        sched = CosineAnnealingLR(opt, T_max=total, eta_min=eta_min)
-    return opt, sched
-
-
-def lrs_of(opt, sched, steps: int) -> list[float]:
-    seen = []
-    for _ in range(steps):
-        seen.append(opt.param_groups[0]["lr"])
-        opt.step()
-        sched.step()
-    return seen
 
 
 @pytest.mark.parametrize("warmup, total", [(4, 20), (0, 20), (20, 20), (30, 20), (1, 4)])

@@ -10,12 +10,11 @@ import sys
 import pytest
 import torch
 import yaml
-from torch.optim.lr_scheduler import CosineAnnealingLR, LinearLR, SequentialLR
 
 from ds_deblur.distributed import free_port
 from ds_deblur.losses import VGG16_LAYERS, _vgg16_features
 from ds_deblur.run_log import read_train_log
-from original_trainer import write_reference_copy
+from original_trainer import lrs_of, torch_schedule, write_reference_copy
 from train_utils import REPO, make_dataset, output_of
 
 SCRIPT = str(REPO / "ds_deblur/train.py")
@@ -49,19 +48,6 @@ def run(cmd: list[str], cwd=REPO, timeout: int = 900) -> subprocess.CompletedPro
     return subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
 
 
-def torch_lrs(lr: float, warmup: int, total: int) -> list[float]:
-    """The original's schedule stepped by torch itself."""
-    opt = torch.optim.AdamW([torch.nn.Parameter(torch.zeros(1))], lr=lr)
-    sched = SequentialLR(opt, [LinearLR(opt, start_factor=1e-3, end_factor=1.0, total_iters=warmup),
-                               CosineAnnealingLR(opt, T_max=total - warmup, eta_min=0.0)], milestones=[warmup])
-    lrs = []
-    for _ in range(total):
-        lrs.append(opt.param_groups[0]["lr"])
-        opt.step()
-        sched.step()
-    return lrs
-
-
 @pytest.mark.slow
 def test_reference_config_trains_through_the_guide_command_line(data, vgg_file, tmp_path):
     config, out = write_reference_copy(tmp_path / "vrt_spike_baseline.yaml"), tmp_path / "outputs"
@@ -74,7 +60,7 @@ def test_reference_config_trains_through_the_guide_command_line(data, vgg_file, 
     assert "MODEL.VRT_CFG third_party/VRT/options/deblur/vrt_base.yaml not found" in proc.stderr
     log = read_train_log(out)
     assert [r["step"] for r in log] == list(range(1, STEPS + 1)) and all(r["skipped"] == 0 for r in log)
-    want = torch_lrs(1e-4, WARMUP, STEPS)
+    want = lrs_of(*torch_schedule(1e-4, WARMUP, STEPS), STEPS)
     assert max(abs(r["lr"] - w) / w for r, w in zip(log, want)) < 1e-9  # the original's schedule, step by step
     ckpts = out / "ckpts"
     # A save at each validation (LOG.SAVE_EVERY_STEPS unset), as the original saved at VAL_EVERY_STEPS.
