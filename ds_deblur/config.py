@@ -90,7 +90,8 @@ class VRTConfig:
     EMBED_DIMS: Optional[list[int]] = doc(None, "channels per VRT stage; null = the preset's")
     DEPTHS: Optional[list[int]] = doc(None, "TMSA blocks per VRT stage; null = the preset's")
     NUM_HEADS: Optional[list[int]] = doc(None, "attention heads per VRT stage; null = the preset's")
-    WINDOW_SIZE: Optional[list[int]] = doc(None, "attention window [T, H, W]; null = MODEL.VRT_CFG's, else the preset's")
+    WINDOW_SIZE: Optional[list[int]] = doc(None, "attention window [T, H, W]; null = MODEL.VRT_CFG's, else the "
+                                                 "preset's")
     PA_FRAMES: Optional[int] = doc(None, "frames aligned by parallel warping; null = the preset's")
     DEFORMABLE_GROUPS: Optional[int] = doc(None, "groups of the flow-guided deformable conv; null = the preset's")
     INDEP_RECONSTS: Optional[list[int]] = doc(None, "stages reconstructing frames independently; null = preset's")
@@ -248,7 +249,8 @@ class SchedConfig:
         _require(self.TYPE.lower() in SCHEDULES, "TRAIN.SCHED.TYPE",
                  f"must be one of {', '.join(SCHEDULES)}, got {self.TYPE!r}")
         _require(self.WARMUP_STEPS >= 0, "TRAIN.SCHED.WARMUP_STEPS", f"must be >= 0, got {self.WARMUP_STEPS}")
-        _require(0 <= self.MIN_LR <= lr, "TRAIN.SCHED.MIN_LR", f"must be in [0, TRAIN.OPTIM.LR={lr}], got {self.MIN_LR}")
+        _require(0 <= self.MIN_LR <= lr, "TRAIN.SCHED.MIN_LR",
+                 f"must be in [0, TRAIN.OPTIM.LR={lr}], got {self.MIN_LR}")
 
 
 @dataclass
@@ -295,7 +297,8 @@ class TrainConfig:
                      f"must be in [0, TRAIN.VAL_TILE_SIZE={self.VAL_TILE_SIZE}), got {self.VAL_TILE_OVERLAP}")
         _require(self.MIN_LOSS_SCALE_PATIENCE >= 1, "TRAIN.MIN_LOSS_SCALE_PATIENCE",
                  f"must be >= 1, got {self.MIN_LOSS_SCALE_PATIENCE}")
-        _require(self.NONFINITE_PATIENCE >= 1, "TRAIN.NONFINITE_PATIENCE", f"must be >= 1, got {self.NONFINITE_PATIENCE}")
+        _require(self.NONFINITE_PATIENCE >= 1, "TRAIN.NONFINITE_PATIENCE",
+                 f"must be >= 1, got {self.NONFINITE_PATIENCE}")
 
 
 @dataclass

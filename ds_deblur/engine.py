@@ -1,4 +1,5 @@
-"""The DeepSpeed engine: JSON + YAML -> one DeepSpeed config, AdamW, the original's LR schedule, ``deepspeed.initialize``.
+"""The DeepSpeed engine: JSON + YAML -> one DeepSpeed config, AdamW, the original's LR schedule, and
+``deepspeed.initialize``.
 
 The DeepSpeed JSON owns engine settings (ZeRO stage, precision, offload, buckets). Batch size, accumulation,
 clipping and the optimizer come from the YAML: the JSON may omit them or say "auto"; a JSON value that
@@ -57,7 +58,8 @@ def builtin_ds_config(cuda: Optional[bool] = None) -> tuple[dict, str]:
     if cuda:
         return ({**common, "fp16": dict(_FP16_DYNAMIC), "zero_optimization": dict(_ZERO2_GPU)},
                 "ZeRO 2, fp16 with dynamic loss scaling (CUDA; as ds_configs/zero2_fp16.json)")
-    return ({**common, "zero_optimization": dict(_ZERO2_CPU)}, "ZeRO 2, fp32 (no CUDA device; as ds_configs/cpu_fp32.json)")
+    return ({**common, "zero_optimization": dict(_ZERO2_CPU)},
+            "ZeRO 2, fp32 (no CUDA device; as ds_configs/cpu_fp32.json)")
 
 
 def engine_config(path: Optional[Union[str, Path]], cfg: Config, world_size: int,

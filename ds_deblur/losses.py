@@ -122,7 +122,8 @@ class VGGPerceptualLoss(nn.Module):
     def __init__(self, weights_path: str | Path, layer: str = "relu3_3") -> None:
         super().__init__()
         if layer not in VGG16_LAYERS:
-            raise ValueError(f"Unknown VGG layer {layer!r} (LOSS.VGG_PERCEPTUAL.LAYERS, LOSS.VGG_LAYER); choose one of {list(VGG16_LAYERS)}")
+            raise ValueError(f"Unknown VGG layer {layer!r} (LOSS.VGG_PERCEPTUAL.LAYERS, LOSS.VGG_LAYER); choose one "
+                             f"of {list(VGG16_LAYERS)}")
         path = Path(weights_path)
         self.layer = layer
         self.features = _vgg16_features(VGG16_LAYERS[layer])

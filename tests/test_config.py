@@ -119,7 +119,8 @@ OLD_SCHEMA = Path(__file__).with_name("config_before_original_schema.yaml")  # a
 # What loading the reference warns about: the README (Config) documents each of these keys.
 REFERENCE_WARNED = {
     "TRAIN.COMPILE_MODEL", "DATA.USE_RAM_CACHE", "DATA.CACHE_SIZE_GB", "DATA.ALIGN_LOG_PATHS",
-    *(f"MODEL.{part}.{key}" for part in ("SPIKE_TSA", "FUSE") for key in ("ADAPTIVE_CHUNK", "CHUNK_SIZE", "CHUNK_SHAPE")),
+    *(f"MODEL.{part}.{key}" for part in ("SPIKE_TSA", "FUSE")
+      for key in ("ADAPTIVE_CHUNK", "CHUNK_SIZE", "CHUNK_SHAPE")),
     *(f"LOG.{key}" for key in ("ENABLE_TIMING_LOG", "TIMING_CONSOLE", "TIMING_FILE", "TIMING_CONSOLE_INTERVAL",
                                "TIMING_FILE_INTERVAL")),
 }
