@@ -309,3 +309,9 @@ def _flat_keys(data: dict, prefix: str = "") -> set[str]:
     for key, value in data.items():
         keys |= _flat_keys(value, f"{prefix}{key}.") if isinstance(value, dict) else {prefix + key}
     return keys
+
+
+def test_readme_lists_every_key_and_alias():
+    readme = (REPO / "README.md").read_text()
+    missing = [line for line in describe() + describe_aliases() if line not in readme]
+    assert not missing, missing
