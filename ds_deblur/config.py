@@ -729,8 +729,10 @@ def _unknown_key_message(full: str, key: str, names: list[str], prefix: str) -> 
     others = {old[len(prefix):]: alias.key for old, alias in ALIASES.items()
               if old.startswith(prefix) and "." not in old[len(prefix):]}
     close = difflib.get_close_matches(key.upper(), names + list(others), n=1, cutoff=0.5)
+    if close and close[0] in others:
+        return f"unknown config key {full}; did you mean {prefix}{close[0]} (read as {others[close[0]]})?"
     if close:
-        return f"unknown config key {full}; did you mean {others.get(close[0], prefix + close[0])}?"
+        return f"unknown config key {full}; did you mean {prefix}{close[0]}?"
     return f"unknown config key {full}; valid keys: {', '.join(prefix + n for n in names)}"
 
 

@@ -251,7 +251,7 @@ def test_worker_keys_give_one_count():
     (["TRAIN.WARMUP_STEPS=-1"], "TRAIN.WARMUP_STEPS must be >= 0, got -1 (TRAIN.WARMUP_STEPS is read as "
                                 "TRAIN.SCHED.WARMUP_STEPS)"),
     (["TRAIN.OPTIM.LRR=1"], "unknown config key TRAIN.OPTIM.LRR; did you mean TRAIN.OPTIM.LR?"),
-    (["TRAIN.LRATE=1"], "unknown config key TRAIN.LRATE; did you mean TRAIN.OPTIM.LR?"),
+    (["TRAIN.LRATE=1"], "unknown config key TRAIN.LRATE; did you mean TRAIN.LR (read as TRAIN.OPTIM.LR)?"),
 ])
 def test_original_keys_are_checked(overrides, needle):
     with pytest.raises(ConfigError) as err:
