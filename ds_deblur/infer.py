@@ -14,6 +14,8 @@ import json
 import resource
 import sys
 import time
+import warnings
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Optional
 
@@ -23,7 +25,7 @@ from PIL import Image
 
 from ds_deblur.ckpt.weights import read_weights
 from ds_deblur.errors import DsDeblurError, InferenceError
-from ds_deblur.inference import (Sequence, build_from, open_sequence, read_png,
+from ds_deblur.inference import (Sequence, SpikeInput, build_from, load_frame, open_sequence, read_png,
                                  restore_sequence, spike_input)
 from ds_deblur.metrics import psnr, psnr_y, ssim_y
 from ds_deblur.tiling import restore
@@ -55,6 +57,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--spike-mean", type=float, default=None, help="spike voxel normalisation (default: "
                         "what the checkpoint was trained with)")
     parser.add_argument("--spike-std", type=float, default=None)
+    parser.add_argument("--num-workers", type=int, default=None, help="threads reading and voxelising frames ahead "
+                        "of the model (default: the config's TEST.NUM_WORKERS; 0 = read in the main thread)")
     return parser
 
 
@@ -80,6 +84,8 @@ def check_options(args: argparse.Namespace) -> None:
                              f"and larger than --tile-overlap {args.tile_overlap}")
     if (args.spike_mean is None) != (args.spike_std is None):
         raise InferenceError("give both --spike-mean and --spike-std, or neither")
+    if args.num_workers is not None and args.num_workers < 0:
+        raise InferenceError(f"--num-workers {args.num_workers} must be >= 0")
     if args.device == "cuda" and not torch.cuda.is_available():
         raise InferenceError("--device cuda, but CUDA is not available here; use --device cpu")
 
@@ -119,12 +125,16 @@ def run(args: argparse.Namespace) -> dict:
             return restore(run_model, blur[None], vox[None], model.size_multiple, args.tile, args.tile_overlap)[0].cpu()
 
     clip_len = args.clip_len or cfg.DATA.CLIP_LEN
+    if cfg.TEST.BATCH_SIZE != 1:
+        warnings.warn(f"TEST.BATCH_SIZE = {cfg.TEST.BATCH_SIZE}: inference runs one temporal window per forward pass",
+                      UserWarning, stacklevel=2)
+    loader = FramePrefetcher(cfg.TEST.NUM_WORKERS if args.num_workers is None else args.num_workers, 2 * clip_len)
     frames, started = [], time.perf_counter()
     from tqdm import tqdm
-    with tqdm(total=sum(len(s.frames) for s in sequences), unit="frame", desc="infer") as bar:
+    with tqdm(total=sum(len(s.frames) for s in sequences), unit="frame", desc="infer") as bar, loader:
         for seq in sequences:
             (args.output / seq.name).mkdir(parents=True, exist_ok=True)
-            for i, restored in restore_sequence(seq, spike, forward, clip_len):
+            for i, restored in restore_sequence(seq, spike, forward, clip_len, load=loader):
                 image = (restored.clamp(0, 1) * 255).round().to(torch.uint8)
                 Image.fromarray(image.permute(1, 2, 0).numpy()).save(args.output / seq.name / f"{seq.frames[i]}.png")
                 if seq.has_sharp:
@@ -162,6 +172,31 @@ def frame_metrics(seq: Sequence, i: int, restored: torch.Tensor) -> dict:
 
 def mean_of(frames: list[dict], prefix: str) -> dict:
     return {name: float(np.mean([f[prefix + name] for f in frames])) for name in ("psnr_rgb", "psnr_y", "ssim_y")}
+
+
+class FramePrefetcher:
+    """``load_frame`` for ``restore_sequence`` that reads the next ``ahead`` frames of the sequence in ``workers``
+    background threads (PNG decoding and voxelisation release the GIL); 0 workers reads in the caller's thread."""
+
+    def __init__(self, workers: int, ahead: int) -> None:
+        self.pool = ThreadPoolExecutor(workers, thread_name_prefix="infer-read") if workers > 0 else None
+        self.ahead = ahead
+        self.pending: dict[tuple[str, int], Future] = {}
+
+    def __call__(self, seq: Sequence, i: int, spike: SpikeInput) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.pool is None:
+            return load_frame(seq, i, spike)
+        for j in range(i, min(i + self.ahead, len(seq.frames))):
+            if (seq.name, j) not in self.pending:
+                self.pending[(seq.name, j)] = self.pool.submit(load_frame, seq, j, spike)
+        return self.pending.pop((seq.name, i)).result()
+
+    def __enter__(self) -> "FramePrefetcher":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.pool is not None:
+            self.pool.shutdown(wait=True, cancel_futures=True)
 
 
 class Clock:

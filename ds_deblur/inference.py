@@ -145,9 +145,14 @@ def window_starts(num_frames: int, clip_len: int) -> list[int]:
     return tile_starts(num_frames, clip_len, clip_len // 2) if num_frames > clip_len else [0]
 
 
-def restore_sequence(seq: Sequence, spike: SpikeInput, forward: ClipForward,
-                     clip_len: int) -> Iterator[tuple[int, torch.Tensor]]:
-    """Yield (frame index, restored (3,H,W) float32) for every frame of ``seq``, in order, each exactly once."""
+FrameLoader = Callable[[Sequence, int, SpikeInput], tuple[torch.Tensor, torch.Tensor]]  # load_frame's signature
+
+
+def restore_sequence(seq: Sequence, spike: SpikeInput, forward: ClipForward, clip_len: int,
+                     load: Optional[FrameLoader] = None) -> Iterator[tuple[int, torch.Tensor]]:
+    """Yield (frame index, restored (3,H,W) float32) for every frame of ``seq``, in order, each exactly once.
+    Frames are read by ``load`` (default ``load_frame``), each once, in increasing order."""
+    load = load or load_frame
     n = len(seq.frames)
     starts = window_starts(n, clip_len)
     ramp = blend_ramp(clip_len, clip_len // 2, torch.device("cpu"))
@@ -158,7 +163,7 @@ def restore_sequence(seq: Sequence, spike: SpikeInput, forward: ClipForward,
         index = [min(start + j, n - 1) for j in range(clip_len)]  # a short sequence repeats its last frame
         for i in index:
             if i not in inputs:
-                inputs[i] = load_frame(seq, i, spike)
+                inputs[i] = load(seq, i, spike)
         out = forward(torch.stack([inputs[i][0] for i in index]), torch.stack([inputs[i][1] for i in index]))
         for j in range(min(clip_len, n - start)):
             i = start + j

@@ -5,10 +5,12 @@ Semantics follow the original spike-deblur trainer:
   root is ``delta**2`` (1e-6), not ``delta`` itself; BasicSR's ``CharbonnierLoss(eps=1e-12)`` puts ``eps`` inside
   unsquared, so BasicSR's eps=1e-12 corresponds to delta=1e-6 here.
 - Perceptual: L1 distance between VGG16 features at one ReLU layer (``relu3_3`` by default) of ImageNet-normalised
-  [0, 1] images; total loss = charbonnier + LOSS.VGG_WEIGHT * perceptual.
+  [0, 1] images; total loss = LOSS.CHARBONNIER.WEIGHT * charbonnier + LOSS.VGG_PERCEPTUAL.WEIGHT * perceptual.
 
 VGG16 is built here (no torchvision) with torchvision's parameter names, so torchvision's ImageNet file
-``vgg16-397923af.pth`` loads directly. Weights are never downloaded: the user points LOSS.VGG_PATH at a local file.
+``vgg16-397923af.pth`` loads directly. Weights are never downloaded: the user points LOSS.VGG_PATH at a local file;
+when it is null, the file torchvision (and so the original trainer) downloaded into torch's hub cache is used if
+it is there.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from torch import nn
 from ds_deblur.errors import WeightsNotFoundError
 
 VGG16_URL = "https://download.pytorch.org/models/vgg16-397923af.pth"
+VGG16_FILE = VGG16_URL.rsplit("/", 1)[1]
 
 # VGG16 "D" configuration: conv output channels, "M" = 2x2 max-pool. Expanding it with a ReLU after every conv
 # reproduces torchvision's `features` indices, which the layer table below and the weight file keys rely on.
@@ -119,7 +122,8 @@ class VGGPerceptualLoss(nn.Module):
     def __init__(self, weights_path: str | Path, layer: str = "relu3_3") -> None:
         super().__init__()
         if layer not in VGG16_LAYERS:
-            raise ValueError(f"Unknown VGG layer {layer!r} (LOSS.VGG_LAYER); choose one of {list(VGG16_LAYERS)}")
+            raise ValueError(f"Unknown VGG layer {layer!r} (LOSS.VGG_PERCEPTUAL.LAYERS, LOSS.VGG_LAYER); choose one "
+                             f"of {list(VGG16_LAYERS)}")
         path = Path(weights_path)
         self.layer = layer
         self.features = _vgg16_features(VGG16_LAYERS[layer])
@@ -151,7 +155,7 @@ class VGGPerceptualLoss(nn.Module):
 
 
 class DeblurLoss(nn.Module):
-    """``charbonnier(pred, target) + vgg_weight * perceptual(pred, target)``.
+    """``charbonnier_weight * charbonnier(pred, target) + vgg_weight * perceptual(pred, target)``.
 
     ``forward`` returns ``(total, parts)``; ``parts`` holds detached scalars for logging: ``loss_charbonnier`` and,
     when the perceptual term is on (``vgg_weight > 0``), ``loss_perceptual`` (unweighted).
@@ -163,38 +167,50 @@ class DeblurLoss(nn.Module):
         vgg_weight: float = 0.0,
         vgg_layer: str = "relu3_3",
         vgg_path: str | Path | None = None,
+        charbonnier_weight: float = 1.0,
     ) -> None:
         super().__init__()
         if delta <= 0:
-            raise ValueError(f"LOSS.CHARBONNIER_DELTA must be > 0 (got {delta}); it keeps the gradient finite at 0")
+            raise ValueError(f"LOSS.CHARBONNIER.DELTA (LOSS.CHARBONNIER_DELTA) must be > 0 (got {delta}); it keeps "
+                             f"the gradient finite at 0")
         if vgg_weight < 0:
-            raise ValueError(f"LOSS.VGG_WEIGHT must be >= 0 (got {vgg_weight})")
+            raise ValueError(f"LOSS.VGG_PERCEPTUAL.WEIGHT (LOSS.VGG_WEIGHT) must be >= 0 (got {vgg_weight})")
         if vgg_weight > 0 and vgg_path is None:
             raise ValueError(
-                f"LOSS.VGG_WEIGHT is {vgg_weight} but LOSS.VGG_PATH is not set. Weights are never downloaded: set "
-                f"LOSS.VGG_PATH to a local VGG16 file (torchvision's vgg16-397923af.pth, {VGG16_URL}) or set "
-                f"LOSS.VGG_WEIGHT: 0."
+                f"LOSS.VGG_PERCEPTUAL.WEIGHT (LOSS.VGG_WEIGHT) is {vgg_weight} but LOSS.VGG_PATH is not set and "
+                f"{hub_vgg16_path()} does not exist. Weights are never downloaded: set LOSS.VGG_PATH to a local "
+                f"VGG16 file (torchvision's {VGG16_FILE}, {VGG16_URL}) or set LOSS.VGG_PERCEPTUAL.WEIGHT: 0."
             )
         self.delta = float(delta)
+        self.charbonnier_weight = float(charbonnier_weight)
         self.vgg_weight = float(vgg_weight)
         self.perceptual = VGGPerceptualLoss(vgg_path, vgg_layer) if vgg_weight > 0 else None
 
     @classmethod
     def from_config(cls, cfg: Any) -> "DeblurLoss":
-        """Build from a config read by attribute (``cfg.LOSS.*``)."""
+        """Build from a config read by attribute (``cfg.LOSS.*``); a null LOSS.VGG_PATH is torchvision's file in
+        torch's hub cache when it is there."""
         loss = cfg.LOSS
+        cached = hub_vgg16_path()
         return cls(
-            delta=loss.CHARBONNIER_DELTA,
-            vgg_weight=loss.VGG_WEIGHT,
-            vgg_layer=loss.VGG_LAYER,
-            vgg_path=loss.VGG_PATH,
+            delta=loss.CHARBONNIER.DELTA,
+            charbonnier_weight=loss.CHARBONNIER.WEIGHT,
+            vgg_weight=loss.VGG_PERCEPTUAL.WEIGHT,
+            vgg_layer=loss.VGG_PERCEPTUAL.LAYERS[0],
+            vgg_path=loss.VGG_PATH if loss.VGG_PATH is not None or not cached.is_file() else cached,
         )
 
     def forward(self, pred: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         charb = charbonnier_loss(pred, target, self.delta)
         parts = {"loss_charbonnier": charb.detach()}
+        total = self.charbonnier_weight * charb  # x 1.0 (the default) is exact
         if self.perceptual is None:
-            return charb, parts
+            return total, parts
         perceptual = self.perceptual(pred, target)
         parts["loss_perceptual"] = perceptual.detach()
-        return charb + self.vgg_weight * perceptual, parts
+        return total + self.vgg_weight * perceptual, parts
+
+
+def hub_vgg16_path() -> Path:
+    """Where torchvision's ``vgg16(pretrained=True)`` (the original trainer) keeps the VGG16 file it downloaded."""
+    return Path(torch.hub.get_dir()) / "checkpoints" / VGG16_FILE

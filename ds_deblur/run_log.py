@@ -1,5 +1,6 @@
-"""What a run leaves to read: TensorBoard scalars/images, ``metrics/train_log.jsonl``, ``metrics/val_step_N.json``,
-``visuals/step_N.png`` and a tqdm bar. Rank 0 writes; other ranks hold a logger that does nothing."""
+"""What a run leaves to read: TensorBoard scalars/images (unless LOG.TENSORBOARD is false),
+``metrics/train_log.jsonl``, ``metrics/val_step_N.json``, ``visuals/step_N.png`` and a tqdm bar. Rank 0 writes;
+other ranks hold a logger that does nothing."""
 from __future__ import annotations
 
 import json
@@ -20,17 +21,20 @@ TRAIN_LOG = "metrics/train_log.jsonl"
 
 
 class RunLogger:
-    def __init__(self, save_dir: Path, enabled: bool, total_steps: int, start_step: int) -> None:
+    def __init__(self, save_dir: Path, enabled: bool, total_steps: int, start_step: int,
+                 tensorboard: bool = True) -> None:
         self.save_dir, self.enabled = Path(save_dir), enabled
         self.writer = None
         self.bar = None
         if not enabled:
             return
-        for sub in ("metrics", "visuals", "tb"):
+        for sub in ("metrics", "visuals"):
             (self.save_dir / sub).mkdir(parents=True, exist_ok=True)
         for log in (self.save_dir / "metrics").glob("*.jsonl"):
             truncate_jsonl(log, start_step)
-        self.writer = SummaryWriter(str(self.save_dir / "tb"), purge_step=start_step + 1 if start_step else None)
+        if tensorboard:
+            (self.save_dir / "tb").mkdir(parents=True, exist_ok=True)
+            self.writer = SummaryWriter(str(self.save_dir / "tb"), purge_step=start_step + 1 if start_step else None)
         self.bar = tqdm(total=total_steps, initial=start_step, desc="train", unit="step", dynamic_ncols=True)
 
     def train_step(self, record: dict, scalars: dict) -> None:
@@ -41,8 +45,9 @@ class RunLogger:
             handle.write(json.dumps(record) + "\n")
         self.bar.update(1)
         self.bar.set_postfix(loss=f"{record['loss']:.4f}", lr=f"{record['lr']:.2e}", refresh=False)
-        for tag, value in scalars.items():
-            self.writer.add_scalar(tag, value, record["step"])
+        if self.writer is not None:
+            for tag, value in scalars.items():
+                self.writer.add_scalar(tag, value, record["step"])
 
     def validation(self, step: int, metrics: dict, visual: Optional[np.ndarray], rank: int) -> None:
         # Every rank records what it computed (metrics/val_rank{r}.jsonl): the ranks must agree, and this shows it.
@@ -53,17 +58,19 @@ class RunLogger:
             return
         path = self.save_dir / "metrics" / f"val_step_{step:06d}.json"
         path.write_text(json.dumps({"step": step, **metrics}, indent=1))
-        for key, value in metrics.items():
-            self.writer.add_scalar(f"val/{key}", value, step)
         if visual is not None:
             Image.fromarray(visual).save(self.save_dir / "visuals" / f"step_{step:06d}.png")
-            self.writer.add_image("val/visual", visual, step, dataformats="HWC")
-        self.writer.flush()
+        if self.writer is not None:
+            for key, value in metrics.items():
+                self.writer.add_scalar(f"val/{key}", value, step)
+            if visual is not None:
+                self.writer.add_image("val/visual", visual, step, dataformats="HWC")
+            self.writer.flush()
         self.bar.write(f"[val] step {step}: PSNR {metrics['psnr_rgb']:.3f} dB (Y {metrics['psnr_y']:.3f}), "
                        f"SSIM-Y {metrics['ssim_y']:.4f}, best {metrics['best_psnr']:.3f}")
 
     def hparams(self, hparams: dict, final: dict) -> None:
-        if not self.enabled:
+        if self.writer is None:
             return
         for event in make_hparams(hparams, final):
             self.writer.file_writer.add_summary(event)
@@ -76,7 +83,8 @@ class RunLogger:
         if self.enabled:
             self.bar.close()
             try:
-                self.writer.close()
+                if self.writer is not None:
+                    self.writer.close()
             except OSError as err:  # a full disk: say so, and let the run's own exit code stand
                 print(f"[train] warning: TensorBoard events could not be flushed to {self.save_dir / 'tb'}: {err}")
 

@@ -2,6 +2,9 @@
 
     deepspeed --num_gpus=4 ds_deblur/train.py --config CFG.yaml --deepspeed_config ds_configs/zero2_fp16.json
     torchrun --nproc_per_node=4 ds_deblur/train.py ...        python ds_deblur/train.py ...   (one process)
+
+Without --deepspeed_config (the original trainer's command lines) a built-in engine config is used: ZeRO 2 with
+fp16 dynamic loss scaling on CUDA, fp32 on CPU.
 """
 import os
 import sys
@@ -31,8 +34,8 @@ from ds_deblur.ckpt.tags import BEST  # noqa: E402
 from ds_deblur.config import Config, load_config, save_config  # noqa: E402
 from ds_deblur.data import build_dataloaders  # noqa: E402
 from ds_deblur.divergence import DivergenceWatch  # noqa: E402
-from ds_deblur.engine import (initialize, loss_scale, min_loss_scale, precision_of, read_ds_json,  # noqa: E402
-                              resolve_ds_config)
+from ds_deblur.engine import (engine_config, initialize, loss_scale, min_loss_scale, precision_of,  # noqa: E402
+                              total_steps)
 from ds_deblur.errors import DsDeblurError  # noqa: E402
 from ds_deblur.faults import Injections  # noqa: E402
 from ds_deblur.losses import DeblurLoss  # noqa: E402
@@ -48,7 +51,7 @@ def parse_args(argv: Optional[list] = None) -> argparse.Namespace:
         prog="ds_deblur/train.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", required=True, help="experiment YAML (ds_configs/tiny_synth.yaml, ...)")
     parser.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
-                        help="override a config key (repeatable), e.g. --set TRAIN.LR=2e-4")
+                        help="override a config key (repeatable), e.g. --set TRAIN.OPTIM.LR=2e-4")
     parser.add_argument("--resume", default=None, metavar="auto|CKPT_DIR|CKPT_DIR/TAG|FILE.pth",
                         help="continue a run: 'auto' = newest complete checkpoint under LOG.SAVE_DIR/ckpts (or a "
                              "fresh start), a checkpoint dir (its 'latest'), a tag, or a last.pth/best.pth")
@@ -65,13 +68,9 @@ def parse_args(argv: Optional[list] = None) -> argparse.Namespace:
                         help="set by the launcher")
     deepspeed.add_config_arguments(parser)
     args = parser.parse_args(argv)
-    if args.deepspeed_config is None:
-        parser.error("--deepspeed_config is required (e.g. ds_configs/cpu_fp32.json or ds_configs/zero2_fp16.json)")
     if args.resume and args.init_weights:
         parser.error("--resume and --init-weights exclude each other: resume continues a run, "
                      "init-weights starts a new one")
-    if args.reset_optimizer and not args.resume:
-        parser.error("--reset-optimizer only makes sense with --resume")
     return args
 
 
@@ -116,12 +115,11 @@ class Trainer:
         self.cfg = cfg = load_config(args.config, args.set)
         self.rank, self.world = distributed.init()
         self.save_dir = Path(cfg.LOG.SAVE_DIR)
-        self.ds = resolve_ds_config(read_ds_json(args.deepspeed_config), cfg, self.world,
-                                    source=args.deepspeed_config)
+        self.ds = engine_config(args.deepspeed_config, cfg, self.world, say=say)
         self.precision = precision_of(self.ds)
         torch.manual_seed(cfg.SEED)
         self.train_loader, self.val_loader = build_dataloaders(cfg, self.rank, self.world)
-        self.total_steps = total_steps(cfg, self.train_loader)
+        self.total_steps = total_steps(cfg, len(self.train_loader))  # before a restore moves the sampler
         self.input_metrics = input_metrics(self.val_loader)
         model = build_model(cfg)
         self.multiple = model.size_multiple
@@ -136,7 +134,8 @@ class Trainer:
         if distributed.is_main():
             save_config(cfg, self.save_dir / "config.yaml", deepspeed=self.ds)
             (self.save_dir / "versions.json").write_text(json.dumps(versions(), indent=1))
-        self.log = RunLogger(self.save_dir, distributed.is_main(), self.total_steps, self.state.step)
+        self.log = RunLogger(self.save_dir, distributed.is_main(), self.total_steps, self.state.step,
+                             tensorboard=cfg.LOG.TENSORBOARD)
         self.watch = DivergenceWatch(self.precision, cfg.TRAIN.MIN_LOSS_SCALE_PATIENCE, cfg.TRAIN.NONFINITE_PATIENCE)
         self.faults = Injections.from_env(self.rank)
         self.stop_requested = False
@@ -210,7 +209,7 @@ class Trainer:
         diverged = self.watch.update(applied, loss_scale(self.engine), min_loss_scale(self.engine))
         self._log_step(stats, applied)
         step, last = self.state.step, self.state.step >= self.total_steps
-        if step % self.cfg.TRAIN.VAL_EVERY_STEPS == 0 or last:
+        if step % self.cfg.LOG.VAL_EVERY_STEPS == 0 or last:
             self._validate()
         if diverged:
             self.ckpt.save(self.state)
@@ -246,7 +245,7 @@ class Trainer:
         step = self.state.step
         return (f"[train] Stopping: {why}, so training has diverged. Saved the last good state (the weights of step "
                 f"{step - self.watch.skipped_in_a_row}; skipped steps change nothing) as "
-                f"{self.ckpt.dir}/step_{step:06d}. Lower TRAIN.LR, check the data"
+                f"{self.ckpt.dir}/step_{step:06d}. Lower TRAIN.OPTIM.LR, check the data"
                 + (", or use bf16 (ds_configs/zero2_bf16.json)." if self.precision == "fp16" else "."))
 
     def _validate(self) -> None:
@@ -280,16 +279,8 @@ class Trainer:
         distributed.close()
 
 
-def total_steps(cfg: Config, loader: Any) -> int:
-    """Optimizer steps of the run: TRAIN.TOTAL_STEPS, else TRAIN.EPOCHS of the loader's samples."""
-    if cfg.TRAIN.TOTAL_STEPS is not None:
-        return cfg.TRAIN.TOTAL_STEPS
-    per_epoch = len(loader.sampler) * cfg.TRAIN.EPOCHS
-    return max(per_epoch // cfg.TRAIN.GRADIENT_ACCUMULATION_STEPS, 1)
-
-
 def _hparams(cfg: Config, precision: str, ds: dict, world: int) -> dict:
-    return {"preset": cfg.MODEL.PRESET, "use_spike": cfg.MODEL.USE_SPIKE, "lr": cfg.TRAIN.LR,
+    return {"preset": cfg.MODEL.PRESET, "use_spike": cfg.MODEL.USE_SPIKE, "lr": cfg.TRAIN.OPTIM.LR,
             "batch": cfg.TRAIN.BATCH_SIZE * cfg.TRAIN.GRADIENT_ACCUMULATION_STEPS * world,
             "clip_len": cfg.DATA.CLIP_LEN, "crop": cfg.DATA.CROP_SIZE, "precision": precision,
             "zero_stage": int(ds.get("zero_optimization", {}).get("stage", 0))}

@@ -122,13 +122,13 @@ def test_latest_survives_a_write_that_fails_half_way(tmp_path, monkeypatch):
 
 def test_config_change_rules():
     old = {"MODEL": {"PRESET": "tiny", "USE_SPIKE": True}, "DATA": {"K": 32, "CROP_SIZE": 64},
-           "TRAIN": {"LR": 1e-3, "BATCH_SIZE": 1}}
+           "TRAIN": {"OPTIM": {"LR": 1e-3}, "BATCH_SIZE": 1}}
     new = json.loads(json.dumps(old))
-    new["TRAIN"]["LR"], new["DATA"]["CROP_SIZE"] = 5e-4, 96
+    new["TRAIN"]["OPTIM"]["LR"], new["DATA"]["CROP_SIZE"] = 5e-4, 96
     said = []
     check_config_change(old, new, 2, 1, warn=said.append)
     text = "\n".join(said)
-    assert "TRAIN.LR: 0.001 -> 0.0005" in text and "--reset-optimizer" in text
+    assert "TRAIN.OPTIM.LR: 0.001 -> 0.0005" in text and "--reset-optimizer" in text
     assert "DATA.CROP_SIZE: 64 -> 96" in text and "world size changed 2 -> 1" in text
     new["DATA"]["K"], new["MODEL"]["PRESET"] = 16, "base"
     with pytest.raises(CheckpointError) as err:

@@ -222,7 +222,7 @@ def test_reset_optimizer_keeps_weights_and_counters_with_a_fresh_schedule(data, 
     proc = run_train(data, out, config, sets, extra=["--resume", str(out / "ckpts/step_000002"), "--reset-optimizer"])
     assert proc.returncode == 0, output_of(proc)
     assert "Resuming from step 2 (epoch 0)" in proc.stdout and "start fresh (--reset-optimizer)" in proc.stdout
-    assert "TRAIN.LR: 0.002 -> 0.0005" in proc.stdout
+    assert "TRAIN.OPTIM.LR: 0.002 -> 0.0005" in proc.stdout  # (set as TRAIN.LR) the canonical, original spelling
     log = read_train_log(out)
     assert [r["step"] for r in log] == [1, 2, 3]
-    assert log[2]["lr"] == pytest.approx(5e-4 / 2)  # a new warm-up at the new LR
+    assert log[2]["lr"] == pytest.approx(5e-4 * 1e-3)  # a new warm-up at the new LR: the original's LinearLR start

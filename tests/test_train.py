@@ -161,8 +161,15 @@ def test_script_help_runs_with_the_stdlib_unshadowed():
     (["--config", "ds_configs/tiny_synth.yaml", "--deepspeed_config", "ds_configs/cpu_fp32.json",
       "--set", "TRAIN.LRR=1"], "did you mean TRAIN.LR"),
     (["--config", "ds_configs/tiny_synth.yaml", "--deepspeed_config", "nope.json"], "DeepSpeed config not found"),
-    (["--config", "ds_configs/tiny_synth.yaml"], "--deepspeed_config is required"),
 ])
 def test_bad_command_lines_exit_nonzero_with_a_message(args, message):
     proc = run_script(*args)
     assert proc.returncode == 2 and message in proc.stderr, proc.stderr[-3000:]
+
+
+def test_without_deepspeed_config_the_builtin_engine_config_is_used(tmp_path):
+    # The original trainer's command lines have no --deepspeed_config (issue 13): no longer an error. The run says
+    # which engine config it chose, then (here) stops at the missing data.
+    proc = run_script("--config", "ds_configs/tiny_synth.yaml", "--set", f"DATA.ROOT={tmp_path / 'no_data'}")
+    assert "[train] No --deepspeed_config: using the built-in engine config: ZeRO 2" in proc.stdout, proc.stdout
+    assert proc.returncode == 2 and "no_data" in proc.stderr and "--deepspeed_config" not in proc.stderr

@@ -50,9 +50,9 @@ def main(argv: Optional[list[str]] = None) -> int:
     loader, _ = build_dataloaders(cfg, rank, world)
     model = DistributedDataParallel(build_model(cfg).to(device), device_ids=[device.index] if cuda else None)
     loss_fn = DeblurLoss.from_config(cfg).to(device)
-    train = cfg.TRAIN
-    optimizer = torch.optim.AdamW(model.parameters(), lr=train.LR, betas=tuple(train.BETAS),
-                                  weight_decay=train.WEIGHT_DECAY, eps=1e-8, fused=cuda or None)
+    train, optim = cfg.TRAIN, cfg.TRAIN.OPTIM
+    optimizer = torch.optim.AdamW(model.parameters(), lr=optim.LR, betas=tuple(optim.BETAS),
+                                  weight_decay=optim.WEIGHT_DECAY, eps=1e-8, fused=cuda or None)
     total = args.warmup + args.steps
     scheduler = build_scheduler(optimizer, cfg, total)
     amp = args.fp16 and cuda
@@ -68,9 +68,9 @@ def main(argv: Optional[list[str]] = None) -> int:
                 restored = model(blur, spike)
             loss, _ = loss_fn(restored.float(), batch["sharp"].to(device))
             scaler.scale(loss).backward()
-            if train.CLIP_GRAD_NORM > 0:
+            if train.MAX_GRAD_NORM > 0:
                 scaler.unscale_(optimizer)
-                torch.nn.utils.clip_grad_norm_(model.parameters(), train.CLIP_GRAD_NORM)
+                torch.nn.utils.clip_grad_norm_(model.parameters(), train.MAX_GRAD_NORM)
             scaler.step(optimizer)
             scaler.update()
             optimizer.zero_grad(set_to_none=True)

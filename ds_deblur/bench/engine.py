@@ -44,7 +44,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace, work: Path) -> dict:
     cuda = torch.cuda.is_available()
-    sets = [*args.set, f"DATALOADER.NUM_WORKERS={args.workers}"]
+    # The synthetic data has no voxel cache, and --workers is per rank (the original's TOTAL_WORKERS is dropped).
+    sets = [*args.set, f"DATALOADER.NUM_WORKERS={args.workers}", "DATALOADER.TOTAL_WORKERS=null",
+            "DATA.USE_PRECOMPUTED_VOXELS=false"]
     cfg = load_config(args.config, sets)
     data = work / "data"
     crop = cfg.DATA.CROP_SIZE
@@ -75,7 +77,7 @@ def _run_trainer(args: argparse.Namespace, sets: list[str], out: Path, stage: in
     (out / "ds.json").write_text(json.dumps(ds, indent=1))
     total = args.warmup + args.steps
     script = ["--config", args.config, "--deepspeed_config", str(out / "ds.json")]
-    for item in [*sets, f"LOG.SAVE_DIR={out / 'run'}", f"TRAIN.TOTAL_STEPS={total}", f"TRAIN.VAL_EVERY_STEPS={total}",
+    for item in [*sets, f"LOG.SAVE_DIR={out / 'run'}", f"TRAIN.TOTAL_STEPS={total}", f"LOG.VAL_EVERY_STEPS={total}",
                  f"LOG.SAVE_EVERY_STEPS={total}", "LOG.LOG_EVERY_STEPS=1", "LOG.EXPORT_SINGLE_FILE=false"]:
         script += ["--set", item]
     run_checked(deepspeed_launcher(args.ranks, REPO / "ds_deblur/train.py", script), out / "log.txt")

@@ -16,9 +16,10 @@ FIXED_KEYS = ("MODEL.PRESET", "MODEL.USE_SPIKE", "MODEL.CHANNELS_PER_SCALE", "MO
 CHANGE_NOTES = {
     "TRAIN.BATCH_SIZE": "the remaining samples of the epoch are grouped into different batches",
     "TRAIN.GRADIENT_ACCUMULATION_STEPS": "each optimizer step now sees a different number of samples",
-    "TRAIN.LR": "the restored schedule keeps its own LR (it scales the saved base LR); use --reset-optimizer "
-                "to start a schedule at the new LR",
+    "TRAIN.OPTIM.LR": "the restored schedule keeps its own LR (it scales the saved base LR); use --reset-optimizer "
+                      "to start a schedule at the new LR",
     "TRAIN.TOTAL_STEPS": "the cosine decay keeps its saved length; use --reset-optimizer for a new one",
+    "TRAIN.EPOCHS": "the cosine decay keeps its saved length; use --reset-optimizer for a new one",
     "SEED": "the data order of later epochs changes",
     "DATA.CROP_SIZE": "augmentation changes from here on",
 }

@@ -30,6 +30,7 @@ import torch
 
 from ds_deblur.engine import precision_of, zero_stage_of
 from ds_deblur.errors import CheckpointFormatError
+from ds_deblur.models import rename_legacy_keys
 
 CLIENT_KEY = "ds_deblur"
 _MODEL_STATES = ("mp_rank_00_model_states.pt", "zero_pp_rank_0_mp_rank_00_model_states.pt")
@@ -219,7 +220,8 @@ def loss_scaler_values(scaler: Any) -> Optional[dict]:
 
 # ------------------------------------------------------------------------------------------- building outputs
 def module_state_dict(tag: Tag, weights: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """fp32 weights and buffers in the module's own ``state_dict`` order."""
+    """fp32 weights and buffers in the module's own ``state_dict`` order, under today's names (a tag of an earlier
+    ds_deblur has its spike-branch names renamed)."""
     module, buffers = tag.header["module"], set(tag.header["buffer_names"])
     shared = tag.header.get("shared_params") or {}
     out = {}
@@ -232,7 +234,12 @@ def module_state_dict(tag: Tag, weights: dict[str, torch.Tensor]) -> dict[str, t
             out[key] = value.to(torch.float32, copy=True) if value.is_floating_point() else value.clone()
         else:
             raise CheckpointFormatError(f"{tag.dir}: module entry {key} is neither a trained parameter nor a buffer")
-    return out
+    return rename_legacy_keys(out)
+
+
+def has_legacy_names(tag: Tag) -> bool:
+    """Saved by ds_deblur before its spike branch and fusion took the original S-VRT model's names."""
+    return list(rename_legacy_keys(dict.fromkeys(tag.header["module"]))) != list(tag.header["module"])
 
 
 def param_order(tag: Tag, weights: dict[str, torch.Tensor]) -> list[str]:

@@ -24,14 +24,14 @@ from ds_deblur.ckpt.atomic import remove_temporaries
 from ds_deblur.ckpt.compat import check_config_change
 from ds_deblur.ckpt.engine_io import load_single, load_tag, save_tag
 from ds_deblur.ckpt.export import BackgroundExporter, stale_exports
-from ds_deblur.ckpt.gather import fp32_state_dict, open_tag
+from ds_deblur.ckpt.gather import fp32_state_dict, has_legacy_names, open_tag
 from ds_deblur.ckpt.retention import retain
-from ds_deblur.ckpt.single_file import load_single_file
+from ds_deblur.ckpt.single_file import load_single_file, single_file_dict
 from ds_deblur.ckpt.state import TrainState, client_state
 from ds_deblur.ckpt.tags import BEST, Location, newest_complete, read_latest, resolve, saved_world_size, step_tag, \
     tag_problem
 from ds_deblur.ckpt.weights import load_weights
-from ds_deblur.config import Config
+from ds_deblur.config import Config, canonical_dict, resume_request
 from ds_deblur.errors import CheckpointError, ConfigError, DsDeblurError
 
 Say = Callable[[str], None]
@@ -72,23 +72,29 @@ class CheckpointManager:
     # --- restoring ------------------------------------------------------------------------------------------
 
     def prepare(self, args: Namespace, model: torch.nn.Module, ds_config: dict) -> None:
-        """Before ``deepspeed.initialize``: load ``--init-weights``, or find what ``--resume`` names (auto: the
-        newest complete tag, or a fresh start), check that it fits this run and put into ``model`` and
-        ``ds_config`` what the engine must be built with."""
+        """Before ``deepspeed.initialize``: load ``--init-weights``, or find what ``--resume`` (else the config's
+        TRAIN.RESUME_FROM_CHECKPOINT / CHECKPOINT_PATH) names (auto: the newest complete tag, or a fresh start),
+        check that it fits this run and put into ``model`` and ``ds_config`` what the engine must be built with."""
+        resume, why = resume_request(self.cfg, args.resume, args.init_weights)
+        if why:
+            self.say(why)
+        if args.reset_optimizer and not resume:
+            raise ConfigError("--reset-optimizer only makes sense when resuming (--resume, or "
+                              "TRAIN.RESUME_FROM_CHECKPOINT: true)")
         if args.init_weights:
             what = load_weights(model, args.init_weights)
             self.say(f"[train] Initialised weights from {args.init_weights} ({what}); new run from step 0")
             return
-        if not args.resume:
+        if not resume:
             return
-        location = self._locate(args.resume)
+        location = self._locate(resume)
         if location is None:
             self.say(f"[train] --resume auto: no complete checkpoint under {self.dir}, starting a fresh run")
             return
         self._reset_optimizer = args.reset_optimizer
         self.say(f"[train] Loading checkpoint {location.path}")
         if location.kind == "file":
-            self._prepare_single_file(location.path, model)
+            self._prepare_single_file(load_single_file(location.path), model)
         else:
             self._prepare_tag(location.path, model, ds_config)
 
@@ -98,14 +104,19 @@ class CheckpointManager:
         tag = newest_complete(self.dir)
         return Location("tag", self.dir / tag) if tag else None
 
-    def _prepare_single_file(self, path: Path, model: torch.nn.Module) -> None:
-        single = load_single_file(path)
+    def _prepare_single_file(self, single: dict, model: torch.nn.Module) -> None:
         self._check_fits(single["config"])
         model.load_state_dict(single["state_dict"])  # every ZeRO stage then starts from these weights
         self._complete = lambda engine: load_single(engine, single, not self._reset_optimizer)
 
     def _prepare_tag(self, tag_dir: Path, model: torch.nn.Module, ds_config: dict) -> None:
-        self._check_fits(open_tag(tag_dir).state["config"])
+        tag = open_tag(tag_dir)
+        if has_legacy_names(tag):
+            self.say(f"[train] {tag_dir} has the parameter names of an earlier ds_deblur: loading it through its "
+                     f"single-file form (any world size; per-rank RNG streams are not restored)")
+            self._prepare_single_file(single_file_dict(tag_dir), model)
+            return
+        self._check_fits(tag.state["config"])
         if self._reset_optimizer:
             # Weights only: read them ourselves (DeepSpeed's ZeRO-3 load ignores the tag when it skips the optimizer
             # states, DeepSpeed issue #8499), which also works on any world size.
@@ -122,7 +133,8 @@ class CheckpointManager:
 
     def _check_fits(self, saved_config: dict) -> None:
         """A changed model or data-shape key is an error before any weight is loaded (warnings come later)."""
-        check_config_change(saved_config, self.cfg.to_dict(), self.world, self.world, warn=lambda _: None)
+        check_config_change(canonical_dict(saved_config), self.cfg.to_dict(), self.world, self.world,
+                            warn=lambda _: None)
 
     def restore(self, engine: Any) -> TrainState:
         """After ``deepspeed.initialize``: complete the restore on the engine and the data loader, say what was
@@ -131,7 +143,8 @@ class CheckpointManager:
         if self._complete is None:
             return TrainState()
         saved = self._complete(engine)
-        check_config_change(saved["config"], self.cfg.to_dict(), saved["world_size"], self.world, warn=self.say)
+        check_config_change(canonical_dict(saved["config"]), self.cfg.to_dict(), saved["world_size"], self.world,
+                            warn=self.say)
         state = TrainState(saved["step"], saved["epoch"], saved["best_psnr"], saved["best_step"])
         if self.loader is not None:
             self.loader.load_state_dict(saved["data"])

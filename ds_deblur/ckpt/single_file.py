@@ -25,6 +25,7 @@ import torch
 
 from ds_deblur.ckpt.gather import Gathered, gather, module_state_dict, open_tag, param_order
 from ds_deblur.errors import CheckpointFormatError, CheckpointNotFoundError
+from ds_deblur.models import rename_legacy_keys
 
 FORMAT = 1
 KEYS = ("step", "epoch", "best_psnr", "state_dict", "optimizer", "scheduler", "scaler", "config", "meta")
@@ -80,7 +81,7 @@ def load_single_file(path: PathLike) -> dict:
     if ckpt["meta"].get("format") != FORMAT:
         raise CheckpointFormatError(f"{path} has single-file format {ckpt['meta'].get('format')!r}; this ds_deblur "
                                     f"reads format {FORMAT}")
-    return ckpt
+    return {**ckpt, "state_dict": rename_legacy_keys(ckpt["state_dict"])}  # an earlier ds_deblur's names, renamed
 
 
 def single_file_step(path: Path) -> Any:

@@ -20,6 +20,7 @@ from ds_deblur.ckpt.gather import fp32_state_dict, gather, module_state_dict, op
 from ds_deblur.ckpt.single_file import read_weights_only
 from ds_deblur.ckpt.tags import resolve
 from ds_deblur.errors import CheckpointFormatError
+from ds_deblur.models import rename_legacy_keys
 
 PathLike = Union[str, Path]
 
@@ -44,16 +45,17 @@ def read_weights(path: PathLike) -> Weights:
     if path.suffix == ".safetensors":
         with safe_open(str(path), "pt") as handle:
             meta = handle.metadata() or {}
-        return Weights(load_file(str(path)), json.loads(meta.get("config", "null")),
+        return Weights(rename_legacy_keys(load_file(str(path))), json.loads(meta.get("config", "null")),
                        json.loads(meta.get("spike", "null")), "weights export")
     obj = read_weights_only(path)
     if isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
         meta = obj.get("meta") if isinstance(obj.get("meta"), dict) else {}
-        return Weights(obj["state_dict"], obj.get("config"), meta.get("spike"), f"single file (step {obj.get('step')})")
+        return Weights(rename_legacy_keys(obj["state_dict"]), obj.get("config"), meta.get("spike"),
+                       f"single file (step {obj.get('step')})")
     if isinstance(obj, dict) and isinstance(obj.get("params"), dict):
         return Weights(obj["params"], None, None, "official VRT weights (backbone)", backbone_only=True)
     if isinstance(obj, dict) and obj and all(torch.is_tensor(v) for v in obj.values()):
-        return Weights(obj, None, None, "weights export")
+        return Weights(rename_legacy_keys(obj), None, None, "weights export")
     kind = f"a dict with keys {sorted(map(str, obj))[:6]}" if isinstance(obj, dict) else f"a {type(obj).__name__}"
     raise CheckpointFormatError(f"{path} holds {kind}: neither a ds_deblur checkpoint nor model weights")
 

@@ -53,10 +53,11 @@ class ResumableDataLoader(DataLoader):
 
 def load_voxel_stats(root: str, k: int, spike_size: Sequence[int], mean: Optional[float] = None,
                      std: Optional[float] = None, train_split: str = "train") -> tuple[float, float]:
-    """(mean, std) for voxel normalisation: the given values (DATA.SPIKE_MEAN/STD), else ROOT/voxel_stats.json,
+    """(mean, std) for voxel normalisation: the given values (DATA.NORM.MEAN/STD), else ROOT/voxel_stats.json,
     else estimated from a few training frames with a warning (run ``prepare`` to compute them properly)."""
     if (mean is None) != (std is None):
-        raise DatasetError("set both DATA.SPIKE_MEAN and DATA.SPIKE_STD, or neither (to use voxel_stats.json)")
+        raise DatasetError("set both DATA.NORM.MEAN and DATA.NORM.STD (DATA.SPIKE_MEAN/STD), or neither (to use "
+                           "voxel_stats.json)")
     if mean is not None:
         return float(mean), float(std)
     stats = VoxelStats.load(root, k)
@@ -85,7 +86,7 @@ def build_datasets(cfg: Any) -> tuple[SpikeDeblurDataset, SpikeDeblurDataset]:
     """Train and validation datasets from the config's DATA section (and SEED)."""
     data = cfg.DATA
     spike_size = resolve_spike_size(data.ROOT, data.SPIKE_SIZE)
-    mean, std = load_voxel_stats(data.ROOT, data.K, spike_size, data.SPIKE_MEAN, data.SPIKE_STD, data.TRAIN_SPLIT)
+    mean, std = load_voxel_stats(data.ROOT, data.K, spike_size, data.NORM.MEAN, data.NORM.STD, data.TRAIN_SPLIT)
     common = dict(clip_len=data.CLIP_LEN, k=data.K, mean=mean, std=std,
                   use_voxel_cache=data.USE_PRECOMPUTED_VOXELS, seed=cfg.SEED)
     train = ClipOptions(crop_size=data.CROP_SIZE, hflip=data.HFLIP, vflip=data.VFLIP, **common)
@@ -99,20 +100,23 @@ def build_dataloaders(cfg: Any, rank: int = 0, world_size: int = 1,
     """(train loader, val loader) for this rank. Train: shuffled by (SEED, epoch), ``TRAIN.BATCH_SIZE`` per
     rank, resumable (``set_epoch``/``state_dict``/``load_state_dict``). Val: batch 1 (whole frames may differ
     in size between sequences), rank r takes clips r, r+W, ...; padding samples (``meta['pad']``) only even
-    out the ranks' step counts and must not be counted in metrics. ``num_workers`` overrides the config."""
+    out the ranks' step counts and must not be counted in metrics. Workers per rank: DATALOADER.NUM_WORKERS or
+    DATALOADER.TOTAL_WORKERS split over the ranks; ``num_workers`` overrides the config."""
     train_set, val_set = build_datasets(cfg)
     loader_cfg = cfg.DATALOADER
-    workers = loader_cfg.NUM_WORKERS if num_workers is None else num_workers
+    workers = loader_cfg.workers_per_rank(world_size) if num_workers is None else num_workers
     common: dict[str, Any] = dict(num_workers=workers, pin_memory=loader_cfg.PIN_MEMORY and torch.cuda.is_available())
     if workers > 0:
-        common.update(persistent_workers=loader_cfg.PERSISTENT_WORKERS, prefetch_factor=loader_cfg.PREFETCH_FACTOR,
+        common.update(persistent_workers=loader_cfg.PERSISTENT_WORKERS,
                       worker_init_fn=partial(seed_worker, base_seed=cfg.SEED, rank=rank))
+    prefetch = {training: {"prefetch_factor": loader_cfg.prefetch(training)} if workers > 0 else {}
+                for training in (True, False)}
     train_sampler = ResumableDistributedSampler(len(train_set), world_size, rank, seed=cfg.SEED, shuffle=True)
     val_sampler = ResumableDistributedSampler(len(val_set), world_size, rank, seed=cfg.SEED, shuffle=False)
     # Own generators: starting an iterator draws a worker base seed, which must not consume the global torch RNG
     # (the model's, e.g. drop-path): a run resumed mid-epoch starts its iterator at another point of that stream.
     train = ResumableDataLoader(train_set, batch_size=cfg.TRAIN.BATCH_SIZE, sampler=train_sampler,
-                                generator=torch.Generator().manual_seed(cfg.SEED), **common)
+                                generator=torch.Generator().manual_seed(cfg.SEED), **common, **prefetch[True])
     val = DataLoader(val_set, batch_size=1, sampler=val_sampler, generator=torch.Generator().manual_seed(cfg.SEED),
-                     **common)
+                     **common, **prefetch[False])
     return train, val

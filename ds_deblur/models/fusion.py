@@ -1,12 +1,13 @@
-"""Per-pixel temporal attention: the block shared by the spike self attention and the RGB/spike fusion.
+"""Per-pixel temporal attention: the blocks of the spike self attention and of the RGB/spike fusion.
 
 Features are 5-D ``(B, C, T, H, W)`` as inside the VRT backbone. Every pixel is an independent sequence of ``T``
 tokens of width ``C``; all pixels go through ``scaled_dot_product_attention`` as one batch, cut into chunks of at
-most ``chunk_pixels`` pixels so the transient memory of a block stays bounded at full resolution.
+most ``chunk_pixels`` pixels so the transient memory of a block stays bounded at full resolution. Parameter names
+are the original S-VRT model's, so its checkpoints load with ``strict=True`` and ours load into its model.
 """
 from __future__ import annotations
 
-from typing import Optional
+from typing import Any, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -69,34 +70,25 @@ def from_pixel_tokens(tokens: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     return tokens.reshape(b, h, w, t, c).permute(0, 4, 3, 1, 2).contiguous()
 
 
-class TemporalAttnBlock(nn.Module):
-    """Pre-norm transformer block over time, applied independently at every pixel.
+class PixelTemporalBlock(nn.Module):
+    """A transformer block over time applied independently at every pixel, in chunks of at most ``chunk_pixels``
+    pixels. Subclasses hold the layers (under the original S-VRT model's names) and define ``_tokens_forward``
+    on token batches ``(N, T, C)``."""
 
-    ``x = x + attn(norm_q(x), norm_kv(context)); x = x + ffn(norm_ffn(x))``. Without ``cross`` the context is
-    ``x`` itself (self attention, one norm); with ``cross`` the keys/values come from a second feature map of
-    the same shape, normalised by their own LayerNorm.
-    """
+    cross: bool = False
 
-    def __init__(self, dim: int, heads: int, mlp_ratio: float, chunk_pixels: int, cross: bool) -> None:
+    def __init__(self, chunk_pixels: int) -> None:
         super().__init__()
         if chunk_pixels < 1:
             raise ValueError(f"chunk_pixels must be >= 1, got {chunk_pixels}")
         self.chunk_pixels = min(chunk_pixels, _SDPA_MAX_BATCH)
-        self.norm_q = nn.LayerNorm(dim)
-        self.norm_kv = nn.LayerNorm(dim) if cross else None
-        self.attn = TemporalMHA(dim, heads)
-        self.norm_ffn = nn.LayerNorm(dim)
-        self.ffn = FeedForward(dim, mlp_ratio)
 
     def _tokens_forward(self, x: torch.Tensor, context: Optional[torch.Tensor]) -> torch.Tensor:
-        q = self.norm_q(x)
-        kv = q if self.norm_kv is None else self.norm_kv(context)
-        x = x + self.attn(q, kv)
-        return x + self.ffn(self.norm_ffn(x))
+        raise NotImplementedError
 
     def forward(self, x: torch.Tensor, context: Optional[torch.Tensor] = None) -> torch.Tensor:
         """x, context: (B, C, T, H, W) -> (B, C, T, H, W); ``context`` only (and always) for a cross block."""
-        if (context is None) != (self.norm_kv is None):
+        if (context is None) == self.cross:
             raise ValueError("a cross-attention block needs a context tensor and a self-attention block takes none")
         if context is not None and context.shape != x.shape:
             raise ValueError(f"cross attention needs matching shapes, got query {tuple(x.shape)} "
@@ -111,11 +103,69 @@ class TemporalAttnBlock(nn.Module):
         return from_pixel_tokens(torch.cat(outs) if len(outs) > 1 else outs[0], like=x)
 
 
-class TemporalCrossAttnFuse(TemporalAttnBlock):
-    """Fuses spike features into an RGB stage output: queries from RGB, keys/values from spike, then FFN.
+class TemporalSelfAttnBlock(PixelTemporalBlock):
+    """Pre-norm self attention over time: ``x = x + attn(ln1(x)); x = x + mlp(ln2(x))`` (the original's
+    ``spike_temporal_sa.blocks.N`` layout)."""
+
+    def __init__(self, dim: int, heads: int, mlp_ratio: float, chunk_pixels: int) -> None:
+        super().__init__(chunk_pixels)
+        self.ln1 = nn.LayerNorm(dim)
+        self.attn = TemporalMHA(dim, heads)
+        self.ln2 = nn.LayerNorm(dim)
+        self.mlp = FeedForward(dim, mlp_ratio)
+
+    def _tokens_forward(self, x: torch.Tensor, context: Optional[torch.Tensor]) -> torch.Tensor:
+        q = self.ln1(x)
+        x = x + self.attn(q, q)
+        return x + self.mlp(self.ln2(x))
+
+
+class CrossAttention(nn.Module):
+    """Holds the multi-head attention of a fusion block as ``attn`` (the original's ``attn.attn`` names)."""
+
+    def __init__(self, dim: int, heads: int) -> None:
+        super().__init__()
+        self.attn = TemporalMHA(dim, heads)
+
+    def forward(self, query: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
+        return self.attn(query, context)
+
+
+class TemporalCrossAttnFuse(PixelTemporalBlock):
+    """Fuses spike features into an RGB stage output: queries from RGB, keys/values from spike, then FFN:
+    ``x = x + attn(ln_q(x), ln_kv(spike)); x = x + ffn(ln_ffn(x))`` (the original's ``fuse_blocks.N`` layout).
 
     ``forward(rgb, spike)`` with both ``(B, C, T, H, W)`` returns the fused RGB feature of the same shape.
     """
 
+    cross = True
+
     def __init__(self, dim: int, heads: int = 4, mlp_ratio: float = 2.0, chunk_pixels: int = 16384) -> None:
-        super().__init__(dim, heads, mlp_ratio, chunk_pixels, cross=True)
+        super().__init__(chunk_pixels)
+        self.ln_q = nn.LayerNorm(dim)
+        self.ln_kv = nn.LayerNorm(dim)
+        self.attn = CrossAttention(dim, heads)
+        self.ln_ffn = nn.LayerNorm(dim)
+        self.ffn = FeedForward(dim, mlp_ratio)
+
+    def _tokens_forward(self, x: torch.Tensor, context: Optional[torch.Tensor]) -> torch.Tensor:
+        x = x + self.attn(self.ln_q(x), self.ln_kv(context))
+        return x + self.ffn(self.ln_ffn(x))
+
+
+class MultiScaleFuse(nn.Module):
+    """One ``TemporalCrossAttnFuse`` per fused scale, as ``fuse_blocks`` (the original's ``cross_attn_fuse``);
+    ``fuse[i]`` is scale i's block."""
+
+    def __init__(self, channels_per_scale: Sequence[int], **block: Any) -> None:
+        super().__init__()
+        self.fuse_blocks = nn.ModuleList(TemporalCrossAttnFuse(c, **block) for c in channels_per_scale)
+
+    def __getitem__(self, index: int) -> TemporalCrossAttnFuse:
+        return self.fuse_blocks[index]
+
+    def __len__(self) -> int:
+        return len(self.fuse_blocks)
+
+    def forward(self, index: int, rgb: torch.Tensor, spike: torch.Tensor) -> torch.Tensor:
+        return self.fuse_blocks[index](rgb, spike)

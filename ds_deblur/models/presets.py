@@ -1,13 +1,19 @@
 """Model presets (MODEL.PRESET) and ``build_model(cfg)``.
 
-A preset fixes the VRT backbone arguments (official argument names) and the spike branch's depth; the
-``MODEL.VRT.*`` keys override single backbone values, ``MODEL.CHANNELS_PER_SCALE`` sets the spike widths.
+A preset fixes the VRT backbone arguments (official argument names) and the spike branch's depth; a VRT options
+file (``MODEL.VRT_CFG``) replaces its ``img_size``/``window_size``, the ``MODEL.VRT.*`` keys override single
+backbone values, ``MODEL.CHANNELS_PER_SCALE`` sets the spike widths.
 """
 from __future__ import annotations
 
-from typing import Any
+import warnings
+from pathlib import Path
+from typing import Any, Optional
 
+import yaml
 from torch import nn
+
+from ds_deblur.errors import ConfigError
 
 from ds_deblur.models.vrt import VRT
 from ds_deblur.models.vrt_spike import VRTWithSpike
@@ -56,6 +62,7 @@ def vrt_arguments(cfg: Any) -> tuple[dict[str, Any], dict[str, Any]]:
         raise ValueError(f"MODEL.PRESET={model_cfg.PRESET!r} is not a preset; choose one of {', '.join(PRESETS)}")
     kwargs = PRESETS[model_cfg.PRESET](cfg.DATA.CLIP_LEN, cfg.DATA.CROP_SIZE)
     options = {key: kwargs.pop(key, default) for key, default in _BUILD_OPTIONS.items()}
+    kwargs.update(vrt_options(model_cfg.VRT_CFG))
     for key, arg in _VRT_OVERRIDES.items():
         value = getattr(model_cfg.VRT, key)
         if value is not None:
@@ -64,6 +71,30 @@ def vrt_arguments(cfg: Any) -> tuple[dict[str, Any], dict[str, Any]]:
                   use_checkpoint_attn=model_cfg.VRT.USE_CHECKPOINT_ATTN,
                   use_checkpoint_ffn=model_cfg.VRT.USE_CHECKPOINT_FFN)
     return kwargs, options
+
+
+def vrt_options(path: Optional[str]) -> dict[str, list[int]]:
+    """``img_size`` and ``window_size`` of a VRT options file (KAIR style, under ``netG``; YAML or JSON) when it
+    has them. A missing file is a warning and nothing is read, as in the original trainer."""
+    if path is None:
+        return {}
+    file = Path(path)
+    if not file.is_file():
+        warnings.warn(f"MODEL.VRT_CFG {path} not found: using the preset's VRT img_size and window_size",
+                      UserWarning, stacklevel=3)
+        return {}
+    try:
+        data = yaml.safe_load(file.read_text())
+    except yaml.YAMLError as err:
+        raise ConfigError(f"MODEL.VRT_CFG {path} is not valid YAML/JSON: {err}") from None
+    net = data.get("netG", data) if isinstance(data, dict) else None
+    if not isinstance(net, dict):
+        raise ConfigError(f"MODEL.VRT_CFG {path} must be a mapping with a netG section (KAIR's VRT options)")
+    found = {key: net[key] for key in ("img_size", "window_size") if net.get(key) is not None}
+    for key, value in found.items():
+        if not (isinstance(value, list) and len(value) == 3 and all(isinstance(v, int) and v >= 1 for v in value)):
+            raise ConfigError(f"MODEL.VRT_CFG {path}: netG.{key} must be [T, H, W] of positive integers, got {value!r}")
+    return found
 
 
 def _spike_channels(cfg: Any, embed_dims: list[int]) -> list[int]:

@@ -10,7 +10,7 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from ds_deblur.models.fusion import TemporalAttnBlock
+from ds_deblur.models.fusion import TemporalSelfAttnBlock
 
 
 class _Conv3d(nn.Conv3d):
@@ -75,13 +75,14 @@ class SpikeEncoder3D(nn.Module):
 
 
 class SpikeTemporalSA(nn.Module):
-    """One per-pixel temporal self-attention block per scale (pre-LayerNorm, MHA, GELU feed-forward)."""
+    """One per-pixel temporal self-attention block per scale (pre-LayerNorm, MHA, GELU feed-forward), as
+    ``blocks``."""
 
     def __init__(self, channels_per_scale: Sequence[int], heads: int = 4, mlp_ratio: float = 2.0,
                  chunk_pixels: int = 16384) -> None:
         super().__init__()
         self.blocks = nn.ModuleList(
-            TemporalAttnBlock(c, heads, mlp_ratio, chunk_pixels, cross=False) for c in channels_per_scale)
+            TemporalSelfAttnBlock(c, heads, mlp_ratio, chunk_pixels) for c in channels_per_scale)
 
     def forward(self, feats: Sequence[torch.Tensor]) -> list[torch.Tensor]:
         if len(feats) != len(self.blocks):

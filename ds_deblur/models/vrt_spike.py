@@ -1,12 +1,13 @@
 """VRT with the spike branch fused after encoder stages 1-4 through the backbone's ``stage_hook``."""
 from __future__ import annotations
 
-from typing import Any, Optional, Sequence
+import re
+from typing import Any, Mapping, Optional, Sequence
 
 import torch
 from torch import nn
 
-from ds_deblur.models.fusion import TemporalCrossAttnFuse
+from ds_deblur.models.fusion import MultiScaleFuse
 from ds_deblur.models.spike import SpikeEncoder3D, SpikeTemporalSA
 
 
@@ -14,8 +15,9 @@ class VRTWithSpike(nn.Module):
     """``model(blur (B,T,3,H,W), spike_vox (B,T,K,H,W)) -> (B,T,3,H,W)``.
 
     Spike voxels -> SpikeEncoder3D -> SpikeTemporalSA give one feature per scale; after VRT encoder stage i
-    the RGB feature (queries) is fused with spike feature i (keys/values) by ``cross_attn_fuse[i]``. With
-    ``use_spike=False`` the spike modules are not built and ``spike_vox`` is ignored: plain VRT. The backbone
+    the RGB feature (queries) is fused with spike feature i (keys/values) by ``cross_attn_fuse[i]``. Parameter
+    names are the original S-VRT model's (``spike_temporal_sa.blocks.N.ln1``, ``cross_attn_fuse.fuse_blocks.N.*``).
+    With ``use_spike=False`` the spike modules are not built and ``spike_vox`` is ignored: plain VRT. The backbone
     stays the submodule ``vrt`` so official VRT weights load into ``model.vrt`` unchanged.
     """
 
@@ -29,7 +31,7 @@ class VRTWithSpike(nn.Module):
             return
         self.spike_encoder = SpikeEncoder3D(spike_bins, channels_per_scale, num_res_blocks=spike_res_blocks)
         self.spike_temporal_sa = SpikeTemporalSA(channels_per_scale, **(tsa or {}))
-        self.cross_attn_fuse = nn.ModuleList(TemporalCrossAttnFuse(c, **(fuse or {})) for c in channels_per_scale)
+        self.cross_attn_fuse = MultiScaleFuse(channels_per_scale, **(fuse or {}))
 
     @property
     def size_multiple(self) -> int:
@@ -46,6 +48,30 @@ class VRTWithSpike(nn.Module):
         spike_feats = self.spike_temporal_sa(self.spike_encoder(spike_vox))
 
         def fuse_after_stage(i: int, feat: torch.Tensor) -> torch.Tensor:
-            return self.cross_attn_fuse[i](feat, spike_feats[i])
+            return self.cross_attn_fuse(i, feat, spike_feats[i])
 
         return self.vrt(blur, stage_hook=fuse_after_stage)
+
+
+# ds_deblur's own parameter names before it adopted the original model's (spike branch and fusion only).
+_LEGACY_NAMES = (
+    (re.compile(r"^spike_temporal_sa\.blocks\.(\d+)\.norm_q\."), r"spike_temporal_sa.blocks.\1.ln1."),
+    (re.compile(r"^spike_temporal_sa\.blocks\.(\d+)\.norm_ffn\."), r"spike_temporal_sa.blocks.\1.ln2."),
+    (re.compile(r"^spike_temporal_sa\.blocks\.(\d+)\.ffn\."), r"spike_temporal_sa.blocks.\1.mlp."),
+    (re.compile(r"^cross_attn_fuse\.(\d+)\.norm_(q|kv|ffn)\."), r"cross_attn_fuse.fuse_blocks.\1.ln_\2."),
+    (re.compile(r"^cross_attn_fuse\.(\d+)\.attn\."), r"cross_attn_fuse.fuse_blocks.\1.attn.attn."),
+    (re.compile(r"^cross_attn_fuse\.(\d+)\.ffn\."), r"cross_attn_fuse.fuse_blocks.\1.ffn."),
+)
+
+
+def rename_legacy_keys(state_dict: Mapping[str, Any]) -> dict[str, Any]:
+    """A state dict saved by ds_deblur before it used the original model's names (``cross_attn_fuse.N.norm_q``,
+    ``spike_temporal_sa.blocks.N.norm_q``, ...) under today's names, in the same order; other keys unchanged."""
+    renamed = {}
+    for key, value in state_dict.items():
+        for pattern, replacement in _LEGACY_NAMES:
+            key, count = pattern.subn(replacement, key)
+            if count:
+                break
+        renamed[key] = value
+    return renamed
