@@ -5,6 +5,7 @@ ZeRO's partitions on any world size and stage. The only code that writes into De
 from __future__ import annotations
 
 import shutil
+import warnings
 from pathlib import Path
 from typing import Any, Optional
 
@@ -94,27 +95,53 @@ def load_single(engine: Any, ckpt: dict, load_optimizer: bool = True) -> dict:
 
     The module must already hold ``ckpt['state_dict']`` (load it before ``deepspeed.initialize``, so every
     stage's low-precision copies and ZeRO-3 partitions start from it); this sets the fp32 masters exactly, the
-    Adam moments and step, the LR schedule, the loss scaler and the engine's counters. Returns our state."""
+    Adam moments and step (when the file has them: the original trainer's last.pth has not), the LR schedule
+    (its saved state when it fits this run's scheduler, else the schedule stepped to the file's step), the loss
+    scaler (fp16 runs) and the engine's counters. Returns our state, with what was ``restored``."""
     weights = ckpt["state_dict"]
     params = list(engine.module.named_parameters())
     for name, param in params:
         _set_full(param, weights[name])
     meta = ckpt["meta"]
+    restored = {"optimizer": False, "scheduler": None, "loss_scaler": False}
     if load_optimizer:
-        moments = ckpt["optimizer"]["state"]
-        _prepare_adam_state(engine, max(float(s["step"]) for s in moments.values()))
-        for index, (_, param) in enumerate(params):
-            for key in ("exp_avg", "exp_avg_sq"):
-                _set_full(param, moments[index][key], key)
-        engine.lr_scheduler.load_state_dict(ckpt["scheduler"])
+        if ckpt["optimizer"] is not None:
+            moments = ckpt["optimizer"]["state"]
+            _prepare_adam_state(engine, max(float(s["step"]) for s in moments.values()))
+            for index, (_, param) in enumerate(params):
+                for key in ("exp_avg", "exp_avg_sq"):
+                    _set_full(param, moments[index][key], key)
+            restored["optimizer"] = True
+        restored["scheduler"] = _restore_schedule(engine.lr_scheduler, ckpt["scheduler"], ckpt["step"])
         for group, lr in zip(engine.optimizer.param_groups, engine.lr_scheduler.get_last_lr()):
             group["lr"] = lr  # load_state_dict restores the schedule's position, not the optimizer's LR
-        _set_loss_scaler(engine, meta.get("loss_scaler"))
+        restored["loss_scaler"] = _set_loss_scaler(engine, meta.get("loss_scaler"))
         engine.global_steps = int(meta.get("global_steps") or ckpt["step"])
         engine.skipped_steps = int(meta.get("skipped_steps") or 0)
     return {"step": ckpt["step"], "epoch": ckpt["epoch"], "best_psnr": ckpt["best_psnr"],
             "best_step": meta.get("best_step") or 0, "data": meta["data"], "config": ckpt["config"],
-            "world_size": meta["world_size"], "rng_restored": False}
+            "world_size": meta["world_size"], "rng_restored": False, "restored": restored}
+
+
+def _restore_schedule(scheduler: Any, saved: Optional[dict], step: int) -> str:
+    """Load the saved schedule state when it is one of this run's kind ("loaded"), else step this run's schedule to
+    ``step`` ("positioned": the original trainer's last.pth has none, older files a scheduler of another kind)."""
+    if saved is not None and _same_shape(saved, scheduler.state_dict()):
+        scheduler.load_state_dict(saved)
+        return "loaded"
+    with warnings.catch_warnings():  # torch warns of a schedule stepped before its optimizer: that is the point
+        warnings.simplefilter("ignore", UserWarning)
+        for _ in range(scheduler.last_epoch, step):
+            scheduler.step()
+    return "positioned"
+
+
+def _same_shape(a: dict, b: dict) -> bool:
+    """Two scheduler state dicts of the same kind: the same keys, and as many chained schedulers of that kind."""
+    if set(a) != set(b):
+        return False
+    subs_a, subs_b = a.get("_schedulers") or [], b.get("_schedulers") or []
+    return len(subs_a) == len(subs_b) and all(set(x) == set(y) for x, y in zip(subs_a, subs_b))
 
 
 def _set_full(param: torch.nn.Parameter, value: torch.Tensor, key: Optional[str] = None) -> None:
@@ -147,10 +174,12 @@ def _prepare_adam_state(engine: Any, step: float) -> None:
         engine.optimizer._lazy_init_hp_params_optimizer_state()
 
 
-def _set_loss_scaler(engine: Any, values: Optional[dict]) -> None:
+def _set_loss_scaler(engine: Any, values: Optional[dict]) -> bool:
+    """Set DeepSpeed's fp16 loss scaler from saved values; False when there is none to set (not fp16, or none saved)."""
     scaler = getattr(engine.optimizer, "loss_scaler", None)
     if values is None or scaler is None or not engine.fp16_enabled():
-        return
+        return False
     for key in ("cur_scale", "cur_iter", "last_overflow_iter", "cur_hysteresis"):
         if key in values and hasattr(scaler, key):
             setattr(scaler, key, values[key])
+    return True

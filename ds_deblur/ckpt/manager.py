@@ -23,14 +23,14 @@ from ds_deblur.ckpt import universal
 from ds_deblur.ckpt.atomic import remove_temporaries
 from ds_deblur.ckpt.compat import check_config_change
 from ds_deblur.ckpt.engine_io import load_single, load_tag, save_tag
-from ds_deblur.ckpt.export import BackgroundExporter, stale_exports
+from ds_deblur.ckpt.export import LAST_FILE, BackgroundExporter, stale_exports
 from ds_deblur.ckpt.gather import fp32_state_dict, has_legacy_names, open_tag
 from ds_deblur.ckpt.retention import retain
 from ds_deblur.ckpt.single_file import load_single_file, single_file_dict
 from ds_deblur.ckpt.state import TrainState, client_state
 from ds_deblur.ckpt.tags import BEST, Location, newest_complete, read_latest, resolve, saved_world_size, step_tag, \
     tag_problem
-from ds_deblur.ckpt.weights import load_weights
+from ds_deblur.ckpt.weights import load_state_dict_strict, load_weights
 from ds_deblur.config import Config, canonical_dict, resume_request
 from ds_deblur.errors import CheckpointError, ConfigError, DsDeblurError
 
@@ -66,6 +66,7 @@ class CheckpointManager:
         self.engine: Any = None
         self._complete: Optional[Callable[[Any], dict]] = None  # the restore step that needs the engine
         self._reset_optimizer = False
+        self._source: Optional[Path] = None  # what is being restored
         main = distributed.is_main() and options.export_single_file
         self.exporter = BackgroundExporter(self.dir, say) if main else None
 
@@ -92,6 +93,7 @@ class CheckpointManager:
             self.say(f"[train] --resume auto: no complete checkpoint under {self.dir}, starting a fresh run")
             return
         self._reset_optimizer = args.reset_optimizer
+        self._source = location.path
         self.say(f"[train] Loading checkpoint {location.path}")
         if location.kind == "file":
             self._prepare_single_file(load_single_file(location.path), model)
@@ -99,14 +101,22 @@ class CheckpointManager:
             self._prepare_tag(location.path, model, ds_config)
 
     def _locate(self, resume: str) -> Optional[Location]:
+        """What ``--resume`` names; ``auto``: the newest complete tag, else a ``last.pth`` alone (what the original
+        trainer leaves in LOG.SAVE_DIR/ckpts), else None (a fresh start)."""
         if resume != "auto":
             return resolve(resume)
         tag = newest_complete(self.dir)
-        return Location("tag", self.dir / tag) if tag else None
+        if tag:
+            return Location("tag", self.dir / tag)
+        return Location("file", self.dir / LAST_FILE) if (self.dir / LAST_FILE).is_file() else None
 
     def _prepare_single_file(self, single: dict, model: torch.nn.Module) -> None:
-        self._check_fits(single["config"])
-        model.load_state_dict(single["state_dict"])  # every ZeRO stage then starts from these weights
+        if single["config"] is None:
+            self.say("[train] A checkpoint of the original S-VRT trainer: it stores no config, so this run's config "
+                     "must describe the same model (as the original's guide asks); the weights load strictly")
+        else:
+            self._check_fits(single["config"])
+        load_state_dict_strict(model, single["state_dict"], self._source)  # every ZeRO stage starts from these
         self._complete = lambda engine: load_single(engine, single, not self._reset_optimizer)
 
     def _prepare_tag(self, tag_dir: Path, model: torch.nn.Module, ds_config: dict) -> None:
@@ -143,11 +153,14 @@ class CheckpointManager:
         if self._complete is None:
             return TrainState()
         saved = self._complete(engine)
-        check_config_change(canonical_dict(saved["config"]), self.cfg.to_dict(), saved["world_size"], self.world,
-                            warn=self.say)
+        if saved["config"] is not None:
+            check_config_change(canonical_dict(saved["config"]), self.cfg.to_dict(), saved["world_size"],
+                                self.world, warn=self.say)
         state = TrainState(saved["step"], saved["epoch"], saved["best_psnr"], saved["best_step"])
         if self.loader is not None:
-            self.loader.load_state_dict(saved["data"])
+            # The original trainer kept no position inside an epoch: its epoch starts over.
+            self.loader.load_state_dict(saved["data"] or {**self.loader.state_dict(), "epoch": saved["epoch"],
+                                                          "position": 0})
         self._report(state, saved)
         if self.exporter is not None and self.dir.is_dir():  # resumed into a new run directory: nothing to redo
             remove_temporaries(self.dir)
@@ -159,24 +172,37 @@ class CheckpointManager:
 
     def _report(self, state: TrainState, saved: dict) -> None:
         say = self.say
-        same_batch = saved["world_size"] == self.world and \
-            saved["config"]["TRAIN"]["BATCH_SIZE"] == self.cfg.TRAIN.BATCH_SIZE
         say(f"[train] Resuming from step {state.step} (epoch {state.epoch}), best PSNR so far {state.best_psnr:.4f}")
         say("[train] ✓ Model weights loaded")
         if self._reset_optimizer:
             say("[train] ✓ Optimizer and LR schedule start fresh (--reset-optimizer)")
         else:
-            say("[train] ✓ Optimizer state loaded (fp32 masters, Adam moments)")
-            say("[train] ✓ LR scheduler state loaded")
-            if self.precision == "fp16":
-                say("[train] ✓ Loss scaler state loaded")
+            self._report_optimizer(saved.get("restored"))
             say("[train] ✓ RNG state loaded" if saved["rng_restored"] else
                 "[train] RNG state not restored (world size changed, or a single file): data order and "
                 "augmentation still continue exactly; only random model ops (drop path) differ")
-        if saved["data"]:  # none without a data loader (the checkpoint benchmark)
+        if saved["data"]:
+            same_batch = saved["world_size"] == self.world and \
+                saved["config"]["TRAIN"]["BATCH_SIZE"] == self.cfg.TRAIN.BATCH_SIZE
             say(f"[train] ✓ Data position: epoch {saved['data']['epoch']}, sample {saved['data']['position']}"
                 + ("" if same_batch else " (batch layout changed: the remaining order is the same, grouped into "
                                          "different batches)"))
+        elif self.loader is not None:
+            say(f"[train] ✓ Data position: epoch {state.epoch} from its start (the checkpoint records no position "
+                f"inside the epoch)")
+
+    def _report_optimizer(self, restored: Optional[dict]) -> None:
+        """What a tag (``restored`` None: everything) or a single file gave the optimizer, schedule and scaler."""
+        restored = restored or {"optimizer": True, "scheduler": "loaded", "loss_scaler": True}
+        self.say("[train] ✓ Optimizer state loaded (fp32 masters, Adam moments)" if restored["optimizer"] else
+                 "[train] Optimizer starts fresh: the checkpoint holds no optimizer state (the original trainer's "
+                 "last.pth keeps only the step and the weights)")
+        self.say("[train] ✓ LR scheduler state loaded" if restored["scheduler"] == "loaded" else
+                 f"[train] ✓ LR schedule positioned at step {self.engine.lr_scheduler.last_epoch} (this run's "
+                 f"schedule; the checkpoint holds none of its kind)")
+        if self.precision == "fp16":
+            self.say("[train] ✓ Loss scaler state loaded" if restored["loss_scaler"] else
+                     "[train] Loss scaler starts at the DeepSpeed config's initial scale (none in the checkpoint)")
 
     # --- saving ---------------------------------------------------------------------------------------------
 

@@ -11,6 +11,9 @@ Layout (DESIGN §6), everything loadable with ``torch.load(path, weights_only=Tr
      'meta':       format, source tag and dir, world size, ZeRO stage, precision, versions, best_step,
                    data (sampler position), loss_scaler (DeepSpeed's own loss-scaler values, fp16 only)}
 
+The original S-VRT trainer's own files read too (``from_original``): its ``best.pth``
+(``step, epoch, best_psnr, state_dict, optimizer, scheduler, scaler``) and its ``last.pth`` (``step, state_dict``).
+
 Reading only ever uses ``weights_only=True``: a file whose pickle would import or call code is refused before
 anything runs.
 """
@@ -70,14 +73,36 @@ def is_single_file(obj: Any) -> bool:
     return isinstance(obj, dict) and all(key in obj for key in KEYS) and isinstance(obj["meta"], dict)
 
 
+def is_original(obj: Any) -> bool:
+    """A checkpoint of the original S-VRT trainer: a step and a state dict, none of our ``meta``."""
+    return isinstance(obj, dict) and "step" in obj and isinstance(obj.get("state_dict"), dict) and "meta" not in obj
+
+
+def from_original(ckpt: dict) -> dict:
+    """The original trainer's ``best.pth`` or ``last.pth`` in our layout: ``config`` None (it stored none),
+    ``meta`` with no data position and no world size, its GradScaler state as DeepSpeed loss-scaler values."""
+    scaler = ckpt.get("scaler")
+    return {"step": int(ckpt["step"]), "epoch": int(ckpt.get("epoch", 0)),
+            "best_psnr": float(ckpt.get("best_psnr", float("-inf"))), "state_dict": ckpt["state_dict"],
+            "optimizer": ckpt.get("optimizer"), "scheduler": ckpt.get("scheduler"), "scaler": scaler,
+            "config": None,
+            "meta": {"format": "original", "world_size": None, "data": None,
+                     "best_step": int(ckpt["step"]) if "best_psnr" in ckpt else 0,
+                     "loss_scaler": loss_scaler_values_of(scaler) if scaler else None}}
+
+
 def load_single_file(path: PathLike) -> dict:
-    """Load and check a single-file checkpoint; raises ``CheckpointFormatError`` naming the file if it is not ours."""
+    """Load and check a single-file checkpoint (ours, or the original trainer's in our layout); raises
+    ``CheckpointFormatError`` naming the file if it is neither."""
     ckpt = read_weights_only(path)
+    if is_original(ckpt):
+        return from_original(ckpt)
     if not is_single_file(ckpt):
         found = sorted(map(str, ckpt)) if isinstance(ckpt, dict) else type(ckpt).__name__
         raise CheckpointFormatError(
-            f"{path} is not a ds_deblur single-file checkpoint: expected keys {list(KEYS)}, found {found}. "
-            f"A weights-only export is loaded with --init-weights, not --resume")
+            f"{path} is not a ds_deblur single-file checkpoint: expected keys {list(KEYS)} (or the original "
+            f"trainer's step and state_dict), found {found}. A weights-only export is loaded with --init-weights, "
+            f"not --resume")
     if ckpt["meta"].get("format") != FORMAT:
         raise CheckpointFormatError(f"{path} has single-file format {ckpt['meta'].get('format')!r}; this ds_deblur "
                                     f"reads format {FORMAT}")
@@ -181,3 +206,11 @@ def grad_scaler_state(loss_scaler: dict) -> dict:
         "growth_interval": window,
         "_growth_tracker": (good_steps - 1) % window if good_steps > 0 else 0,
     }
+
+
+def loss_scaler_values_of(grad_scaler: dict) -> dict:
+    """DeepSpeed loss-scaler values from a ``torch.amp.GradScaler`` state (the inverse of ``grad_scaler_state``):
+    the same scale, and counters that make the next growth land where GradScaler's would (for a window equal to
+    its growth interval)."""
+    tracker = int(grad_scaler.get("_growth_tracker", 0))
+    return {"cur_scale": float(grad_scaler["scale"]), "cur_iter": tracker + 1, "last_overflow_iter": -1}

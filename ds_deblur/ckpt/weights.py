@@ -63,10 +63,21 @@ def read_weights(path: PathLike) -> Weights:
 def load_into(model: torch.nn.Module, weights: Weights, path: PathLike) -> None:
     """Load strictly: every key of the model (``model.vrt`` for an official VRT file) must be in the weights."""
     target = getattr(model, "vrt", model) if weights.backbone_only else model
-    result = target.load_state_dict(weights.state_dict, strict=False)
+    load_state_dict_strict(target, weights.state_dict, f"{path} ({weights.what})")
+
+
+def load_state_dict_strict(module: torch.nn.Module, state_dict: dict, source: object) -> None:
+    """``module.load_state_dict(state_dict)`` with every key required, and an error naming ``source`` and the
+    misfit keys and shapes, not a traceback."""
+    try:
+        result = module.load_state_dict(state_dict, strict=False)
+    except RuntimeError as err:  # shapes that differ
+        shapes = [line.strip() for line in str(err).splitlines() if "size mismatch" in line]
+        raise CheckpointFormatError(f"{source} does not fit this model: {len(shapes)} tensors of another shape, e.g. "
+                                    f"{shapes[:2]}. Check MODEL.PRESET and the other MODEL keys") from None
     if result.missing_keys or result.unexpected_keys:
         raise CheckpointFormatError(
-            f"{path} ({weights.what}) does not fit this model: missing {_few(result.missing_keys)}, unexpected "
+            f"{source} does not fit this model: missing {_few(result.missing_keys)}, unexpected "
             f"{_few(result.unexpected_keys)}. Check MODEL.PRESET and the other MODEL keys")
 
 
