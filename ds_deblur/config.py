@@ -275,6 +275,17 @@ class TrainConfig:
                                               "checkpoint under LOG.SAVE_DIR (a fresh start when there is none)")
     CHECKPOINT_PATH: Optional[str] = doc(None, "what RESUME_FROM_CHECKPOINT resumes (as --resume takes it); "
                                                "null = the newest under LOG.SAVE_DIR/ckpts")
+    EMA_DECAY: float = doc(0.0, "exponential moving average of the weights after every applied step, "
+                                "ema = d x ema + (1 - d) x weights (KAIR's E_decay, e.g. 0.999); 0 = off. Sharded like "
+                                "the fp32 master weights (ZeRO 1/2/3)")
+    FIX_ITER: int = doc(0, "optimizer steps during which the parameters matching FIX_KEYS are not updated "
+                           "(KAIR's fix_iter); 0 = none")
+    FIX_KEYS: list[str] = doc([], "name substrings of the parameters fixed for FIX_ITER steps, then trained at "
+                                  "LR x FIX_LR_MUL in their own optimizer group (KAIR's fix_keys, e.g. "
+                                  "[spynet, deform])")
+    FIX_LR_MUL: float = doc(1.0, "learning-rate multiplier of the FIX_KEYS parameters' group (KAIR's fix_lr_mul)")
+    FREEZE: list[str] = doc([], "name substrings of parameters that never train (e.g. ['vrt.']: the spike branch "
+                                "and fusion train on a frozen backbone); they stay out of the optimizer")
 
     def validate(self) -> None:
         _require(self.BATCH_SIZE >= 1, "TRAIN.BATCH_SIZE", f"must be >= 1, got {self.BATCH_SIZE}")
@@ -299,6 +310,19 @@ class TrainConfig:
                  f"must be >= 1, got {self.MIN_LOSS_SCALE_PATIENCE}")
         _require(self.NONFINITE_PATIENCE >= 1, "TRAIN.NONFINITE_PATIENCE",
                  f"must be >= 1, got {self.NONFINITE_PATIENCE}")
+        self._validate_recipe()
+
+    def _validate_recipe(self) -> None:
+        """EMA and staged fine-tuning (KAIR's E_decay, fix_iter, fix_keys, fix_lr_mul) and FREEZE."""
+        _require(0 <= self.EMA_DECAY < 1, "TRAIN.EMA_DECAY", f"must be in [0, 1) (0 = off), got {self.EMA_DECAY}")
+        _require(self.FIX_ITER >= 0, "TRAIN.FIX_ITER", f"must be >= 0, got {self.FIX_ITER}")
+        _require(self.FIX_LR_MUL > 0, "TRAIN.FIX_LR_MUL", f"must be > 0, got {self.FIX_LR_MUL}")
+        _require(self.FIX_ITER == 0 or bool(self.FIX_KEYS), "TRAIN.FIX_ITER",
+                 f"= {self.FIX_ITER} fixes nothing: TRAIN.FIX_KEYS is empty (give the name substrings of the "
+                 f"parameters to fix, e.g. [spynet, deform])")
+        for key in ("FIX_KEYS", "FREEZE"):
+            _require(all(getattr(self, key)), f"TRAIN.{key}",
+                     f"must not hold an empty string (it would match every parameter), got {getattr(self, key)}")
 
 
 @dataclass
@@ -346,6 +370,8 @@ class LogConfig:
                                                 "null = VAL_EVERY_STEPS (a save at each validation, as the original)")
     KEEP_LAST: int = doc(3, "step tags kept on disk (the newest complete one and best are never removed)")
     EXPORT_SINGLE_FILE: bool = doc(True, "refresh ckpts/last.pth and best.pth after each save")
+    VAL_USE_EMA: Optional[bool] = doc(None, "validate, pick best and run inference with the EMA weights; null = "
+                                            "true when TRAIN.EMA_DECAY > 0")
 
     def validate(self) -> None:
         _require(bool(self.SAVE_DIR), "LOG.SAVE_DIR", "must not be empty")
@@ -354,6 +380,10 @@ class LogConfig:
         if self.SAVE_EVERY_STEPS is not None:
             _require(self.SAVE_EVERY_STEPS >= 1, "LOG.SAVE_EVERY_STEPS", f"must be >= 1, got {self.SAVE_EVERY_STEPS}")
         _require(self.KEEP_LAST >= 1, "LOG.KEEP_LAST", f"must be >= 1, got {self.KEEP_LAST}")
+        root = getattr(self, "_root", None)
+        if self.VAL_USE_EMA and root is not None:
+            _require(root.TRAIN.EMA_DECAY > 0, "LOG.VAL_USE_EMA",
+                     "is true but TRAIN.EMA_DECAY is 0: there are no EMA weights (set TRAIN.EMA_DECAY, e.g. 0.999)")
 
 
 @dataclass
@@ -702,6 +732,8 @@ def _resolve(cfg: Config) -> None:
     """Defaults that follow other keys."""
     if cfg.LOG.SAVE_EVERY_STEPS is None:
         cfg.LOG.SAVE_EVERY_STEPS = cfg.LOG.VAL_EVERY_STEPS
+    if cfg.LOG.VAL_USE_EMA is None:
+        cfg.LOG.VAL_USE_EMA = cfg.TRAIN.EMA_DECAY > 0
     if cfg.TRAIN.VAL_BATCH_SIZE != 1:
         warnings.warn(f"TRAIN.VAL_BATCH_SIZE = {cfg.TRAIN.VAL_BATCH_SIZE} is not used: validation runs one whole "
                       f"clip per rank at a time (frames of different sequences may differ in size)", UserWarning,

@@ -23,6 +23,7 @@ from torch.optim.lr_scheduler import CosineAnnealingLR, LinearLR, LRScheduler, S
 
 from ds_deblur.config import Config
 from ds_deblur.errors import ConfigError, EngineConfigError
+from ds_deblur.staged import param_groups
 
 CPU_FP16_OPT_IN = "DS_DEBLUR_ALLOW_CPU_FP16"
 # The original trainer's warm-up: LinearLR from this fraction of the LR to the LR over WARMUP_STEPS.
@@ -140,8 +141,9 @@ def _allow_cpu_fp16() -> None:
 
 def build_optimizer(model: nn.Module, cfg: Config, ds: dict) -> torch.optim.Optimizer:
     """AdamW: torch's (``fused=True`` on CUDA: no JIT-built extension on the default path); DeepSpeed's CPU Adam
-    only under optimizer offload, where ZeRO-Offload needs it (a failed build is an ``EngineConfigError``)."""
-    params = [p for p in model.parameters() if p.requires_grad]
+    only under optimizer offload, where ZeRO-Offload needs it (a failed build is an ``EngineConfigError``). The
+    parameters that train, in one group or, with TRAIN.FIX_KEYS, two (``ds_deblur.staged.param_groups``)."""
+    params = param_groups(model, cfg)
     optim = cfg.TRAIN.OPTIM
     if optim.TYPE.lower() == "adamw8bit":
         warnings.warn("TRAIN.OPTIM.TYPE adamw8bit: using AdamW (as the original trainer did without bitsandbytes; "

@@ -11,7 +11,9 @@ FIXED_KEYS = ("MODEL.PRESET", "MODEL.USE_SPIKE", "MODEL.CHANNELS_PER_SCALE", "MO
               "MODEL.VRT.NUM_HEADS", "MODEL.VRT.WINDOW_SIZE", "MODEL.VRT.PA_FRAMES", "MODEL.VRT.DEFORMABLE_GROUPS",
               "MODEL.VRT.INDEP_RECONSTS", "MODEL.VRT.MLP_RATIO", "MODEL.SPIKE_TSA.HEADS",
               "MODEL.SPIKE_TSA.MLP_RATIO", "MODEL.FUSE.HEADS", "MODEL.FUSE.MLP_RATIO", "DATA.CLIP_LEN", "DATA.K",
-              "DATA.SPIKE_SIZE")
+              "DATA.SPIKE_SIZE",
+              # which parameters the optimizer holds, in which groups: the saved optimizer state has that layout
+              "TRAIN.FREEZE", "TRAIN.FIX_KEYS")
 # What a change of these means for the resumed run.
 CHANGE_NOTES = {
     "TRAIN.BATCH_SIZE": "the remaining samples of the epoch are grouped into different batches",
@@ -22,6 +24,9 @@ CHANGE_NOTES = {
     "TRAIN.EPOCHS": "the cosine decay keeps its saved length; use --reset-optimizer for a new one",
     "SEED": "the data order of later epochs changes",
     "DATA.CROP_SIZE": "augmentation changes from here on",
+    "TRAIN.FIX_LR_MUL": "the restored schedule keeps the fixed group's own LR; use --reset-optimizer for the new one",
+    "TRAIN.EMA_DECAY": "the EMA continues from its saved weights with the new decay (from 0: it starts at the "
+                       "restored weights)",
 }
 
 
@@ -40,9 +45,9 @@ def check_config_change(old: dict, new: dict, old_world: int, new_world: int, wa
     before, after = _flatten(old), _flatten(new)
     fatal = [f"{k}: {before.get(k)!r} -> {after.get(k)!r}" for k in FIXED_KEYS if before.get(k) != after.get(k)]
     if fatal:
-        raise CheckpointError("the checkpoint was trained with a different model or data shape:\n  "
-                              + "\n  ".join(fatal) + "\nrestore these values (or start a new run with "
-                              "--init-weights if the weights still fit)")
+        raise CheckpointError("the checkpoint was trained with a different model, data shape or set of trained "
+                              "parameters:\n  " + "\n  ".join(fatal) + "\nrestore these values (or start a new run "
+                              "with --init-weights if the weights still fit: a new stage of fine-tuning)")
     changed = [k for k in sorted(set(before) | set(after)) if before.get(k) != after.get(k)]
     for key in changed:
         note = CHANGE_NOTES.get(key, "takes effect from the resumed step")
