@@ -12,7 +12,7 @@ from typing import Any, Optional
 
 import torch
 
-from ds_deblur.ckpt.gather import load_pickled, loss_scaler_values, open_tag
+from ds_deblur.ckpt.gather import frozen_names, has_ema, load_pickled, loss_scaler_values, open_tag
 from ds_deblur.ckpt.single_file import is_single_file, read_weights_only
 from ds_deblur.ckpt.tags import COMMIT, LATEST, list_tags, read_commit, read_latest, resolve, tag_problem
 from ds_deblur.errors import CheckpointFormatError
@@ -20,7 +20,8 @@ from ds_deblur.errors import CheckpointFormatError
 # JSON key, text label, file pattern
 _FILE_KINDS = (("model_states", "model states", "*model_states.pt"),
                ("optimizer_states", "optimizer states", "*optim_states.pt"),
-               ("rng", "rng", "rng_rank*.pt"), ("commit", "commit marker", COMMIT))
+               ("rng", "rng", "rng_rank*.pt"), ("ema", "EMA weights", "ema_rank*.pt"),
+               ("commit", "commit marker", COMMIT))
 
 
 def describe(path: Path) -> dict:
@@ -73,6 +74,8 @@ def describe_tag(tag_dir: Path) -> dict:
     info["contains"]["scheduler"] = None if scheduler is None else {
         "last_epoch": scheduler.get("last_epoch"), "lr": scheduler.get("_last_lr")}
     info["contains"]["scaler"] = _tag_scaler(tag.optim_files[0]) if tag.precision == "fp16" else None
+    info["ema_decay"] = (tag.state.get("config") or {}).get("TRAIN", {}).get("EMA_DECAY") if has_ema(tag) else None
+    info["frozen"] = len(frozen_names(tag))
     return info
 
 
@@ -106,7 +109,9 @@ def _describe_single_file(path: Path, ckpt: dict) -> dict:
                                  for k, v in s.items() if k != "step"})},
         "scheduler": None if ckpt["scheduler"] is None else {"last_epoch": ckpt["scheduler"].get("last_epoch"),
                                                              "lr": ckpt["scheduler"].get("_last_lr")},
-        "scaler": ckpt["scaler"], "config": ckpt["config"] is not None}
+        "scaler": ckpt["scaler"], "config": ckpt["config"] is not None,
+        "state_dict_ema": _tensors(ckpt["state_dict_ema"]) if "state_dict_ema" in ckpt else None}
+    info["ema_decay"] = meta.get("ema_decay")
     return info
 
 
@@ -193,8 +198,15 @@ def _tag_lines(info: dict) -> list[str]:
                                                f"at step {scheduler['last_epoch']}, lr {scheduler['lr']}"))
     lines.append(f"    {'loss scaler':<17} " + ("-" if scaler is None else
                                                  f"scale {scaler.get('cur_scale')} (fp16 dynamic loss scaling)"))
+    lines.append(f"  EMA weights: {_ema_text(info)}")
+    if info.get("frozen"):
+        lines.append(f"  frozen parameters: {info['frozen']} (TRAIN.FREEZE)")
     lines.append(f"  total {_size(info['bytes'])}")
     return lines
+
+
+def _ema_text(info: dict) -> str:
+    return "no (TRAIN.EMA_DECAY 0)" if info.get("ema_decay") is None else f"yes, decay {info['ema_decay']}"
 
 
 def _single_file_lines(info: dict) -> list[str]:
@@ -214,6 +226,10 @@ def _single_file_lines(info: dict) -> list[str]:
                                           f"at step {scheduler['last_epoch']}, lr {scheduler['lr']}"))
     lines.append("    scaler            " + ("-" if scaler is None else f"GradScaler, scale {scaler['scale']}"))
     lines.append("    config            " + ("yes" if contains["config"] else "-"))
+    ema = contains["state_dict_ema"]
+    lines.append("    state_dict_ema    " + ("- (no EMA weights)" if ema is None else
+                                          f"{ema['count']} tensors, {_size(ema['bytes'])} (fp32 EMA weights, decay "
+                                          f"{info.get('ema_decay')})"))
     return lines
 
 

@@ -7,19 +7,20 @@ from __future__ import annotations
 import shutil
 import warnings
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Optional, Union
 
 import torch
 import torch.distributed as dist
 from deepspeed.checkpoint import constants as ds_constants
-from deepspeed.utils import (safe_set_full_fp32_param, safe_set_full_optimizer_state, safe_set_local_fp32_param,
-                             safe_set_local_optimizer_state)
 
-from ds_deblur import distributed, faults
+from ds_deblur import distributed, faults, partitions
+from ds_deblur.partitions import set_full as _set_full
 from ds_deblur.ckpt import universal
+from ds_deblur.ckpt.gather import ema_state_dict, open_tag, saved_group_settings
 from ds_deblur.ckpt.rng import load_rng, save_rng
 from ds_deblur.ckpt.state import FORMAT_VERSION
 from ds_deblur.ckpt.tags import PARTIAL, commit, saved_world_size, swap_in, write_latest
+from ds_deblur.ema import ShardedEMA
 from ds_deblur.errors import CheckpointError
 
 CLIENT_KEY = "ds_deblur"
@@ -38,9 +39,10 @@ def _world() -> int:
 
 # --- tags -------------------------------------------------------------------------------------------------------
 
-def save_tag(engine: Any, ckpt_dir: Path, tag: str, state: dict) -> None:
+def save_tag(engine: Any, ckpt_dir: Path, tag: str, state: dict, ema: Optional[ShardedEMA] = None) -> None:
     """Save ``tag`` on every rank (all ranks must call) and commit it; ``latest`` then names it. A tag that exists
-    already (``best``) is written beside it and swapped in once complete."""
+    already (``best``) is written beside it and swapped in once complete. ``ema``: each rank's EMA partitions go
+    into the tag too (``ema_rank{r}.pt``)."""
     staging = f"{tag}{PARTIAL}" if (ckpt_dir / tag).exists() else tag
     if distributed.is_main() and (ckpt_dir / staging).exists():
         shutil.rmtree(ckpt_dir / staging)  # a leftover of an interrupted save: never complete
@@ -48,6 +50,8 @@ def save_tag(engine: Any, ckpt_dir: Path, tag: str, state: dict) -> None:
     engine.save_checkpoint(str(ckpt_dir), tag=staging, client_state={CLIENT_KEY: state, **_UNIVERSAL_INFO},
                            save_latest=False)
     save_rng(ckpt_dir / staging, _rank())
+    if ema is not None:
+        ema.save(ckpt_dir / staging, _rank())
     faults.kill_point("save", tag, last_rank=True)
     distributed.barrier()
     if distributed.is_main():
@@ -59,13 +63,15 @@ def save_tag(engine: Any, ckpt_dir: Path, tag: str, state: dict) -> None:
     distributed.barrier()
 
 
-def load_tag(engine: Any, tag_dir: Path) -> dict:
-    """Load a complete tag into the engine (model, optimizer, LR schedule, loss scaler) and this rank's RNG;
-    returns our saved state with ``rng_restored``.
+def load_tag(engine: Any, tag_dir: Path, ema: Optional[ShardedEMA] = None) -> dict:
+    """Load a complete tag into the engine (model, optimizer, LR schedule, loss scaler), this rank's RNG and, given
+    ``ema``, the EMA weights; returns our saved state with ``rng_restored`` and ``ema_restored`` (False: the tag
+    has no EMA).
 
     A tag saved on another world size loads from its universal cache, which needs an engine initialised with
     ``checkpoint.load_universal`` (CheckpointManager.prepare sets it); RNG streams are per rank and are then not
-    restored."""
+    restored, and the EMA is gathered from the tag's own per-rank files (DeepSpeed's converter does not know
+    them)."""
     other_world = saved_world_size(tag_dir) != _world()
     if other_world and not engine.load_universal_checkpoint():
         raise CheckpointError(
@@ -83,33 +89,55 @@ def load_tag(engine: Any, tag_dir: Path) -> dict:
                               f"this ds_deblur reads format {FORMAT_VERSION}")
     if other_world:
         universal.restore_buffers(engine, tag_dir)
-        return {**state, "rng_restored": False}
+        _restore_group_settings(engine, tag_dir)
+        weights = ema_state_dict(tag_dir) if ema is not None else None
+        if weights is not None:
+            ema.load_full(weights)
+        return {**state, "rng_restored": False, "ema_restored": weights is not None}
     load_rng(tag_dir, _rank())
-    return {**state, "rng_restored": True}
+    return {**state, "rng_restored": True, "ema_restored": ema is not None and ema.load(tag_dir, _rank())}
+
+
+def _restore_group_settings(engine: Any, tag_dir: Path) -> None:
+    """Each optimizer group's hyperparameters and Adam step as the tag saved them. DeepSpeed 0.19's ZeRO-3 universal
+    load gives every group the first group's (LR, weight decay, step): wrong for TRAIN.FIX_KEYS's second group."""
+    if engine.zero_optimization_stage() != 3:
+        return  # ZeRO 1/2 universal loading restores them per group
+    saved = saved_group_settings(open_tag(tag_dir))
+    base = partitions.base_optimizer(engine)
+    for group, (settings, _) in zip(base.param_groups, saved):
+        group.update({key: value for key, value in settings.items() if key != "params"})
+    for flats, (_, step) in zip(partitions.group_flats(engine), saved):
+        for flat in flats:
+            if step is not None and "step" in base.state.get(flat, {}):
+                base.state[flat]["step"] = torch.full_like(torch.as_tensor(base.state[flat]["step"]), step)
 
 
 # --- single files -------------------------------------------------------------------------------------------
 
-def load_single(engine: Any, ckpt: dict, load_optimizer: bool = True) -> dict:
+def load_single(engine: Any, ckpt: dict, load_optimizer: bool = True, ema: Optional[ShardedEMA] = None) -> dict:
     """Restore a single-file checkpoint into an initialised engine, whatever its world size and ZeRO stage.
 
     The module must already hold ``ckpt['state_dict']`` (load it before ``deepspeed.initialize``, so every
     stage's low-precision copies and ZeRO-3 partitions start from it); this sets the fp32 masters exactly, the
     Adam moments and step (when the file has them: the original trainer's last.pth has not), the LR schedule
     (its saved state when it fits this run's scheduler, else the schedule stepped to the file's step), the loss
-    scaler (fp16 runs) and the engine's counters. Returns our state, with what was ``restored``."""
+    scaler (fp16 runs), the engine's counters and, given ``ema``, the EMA weights (``state_dict_ema``). Frozen
+    parameters (TRAIN.FREEZE) have no masters: they are what the module was loaded with. Returns our state, with
+    what was ``restored`` and ``ema_restored``."""
     weights = ckpt["state_dict"]
     params = list(engine.module.named_parameters())
     for name, param in params:
-        _set_full(param, weights[name])
+        if param.requires_grad:
+            _set_full(param, weights[name])
     meta = ckpt["meta"]
     restored = {"optimizer": False, "scheduler": None, "loss_scaler": False}
     if load_optimizer:
         if ckpt["optimizer"] is not None:
             moments = ckpt["optimizer"]["state"]
-            _prepare_adam_state(engine, max(float(s["step"]) for s in moments.values()))
+            _prepare_adam_state(engine, _group_steps(ckpt["optimizer"], len(engine.optimizer.param_groups)))
             for index, (_, param) in enumerate(params):
-                for key in ("exp_avg", "exp_avg_sq"):
+                for key in ("exp_avg", "exp_avg_sq") if param.requires_grad else ():
                     _set_full(param, moments[index][key], key)
             restored["optimizer"] = True
         restored["scheduler"] = _restore_schedule(engine.lr_scheduler, ckpt["scheduler"], ckpt["step"])
@@ -118,15 +146,31 @@ def load_single(engine: Any, ckpt: dict, load_optimizer: bool = True) -> dict:
         restored["loss_scaler"] = _set_loss_scaler(engine, meta.get("loss_scaler"))
         engine.global_steps = int(meta.get("global_steps") or ckpt["step"])
         engine.skipped_steps = int(meta.get("skipped_steps") or 0)
+    ema_weights = ckpt.get("state_dict_ema") if ema is not None else None
+    if ema_weights is not None:
+        ema.load_full(ema_weights, int(meta.get("ema_updates") or 0))
     return {"step": ckpt["step"], "epoch": ckpt["epoch"], "best_psnr": ckpt["best_psnr"],
             "best_step": meta.get("best_step") or 0, "data": meta["data"], "config": ckpt["config"],
-            "world_size": meta["world_size"], "rng_restored": False, "restored": restored}
+            "world_size": meta["world_size"], "rng_restored": False, "restored": restored,
+            "ema_restored": ema_weights is not None}
+
+
+def _group_steps(optimizer: dict, groups: int) -> list[float]:
+    """The Adam step count of each of this engine's ``groups`` parameter groups from a torch optimizer state dict:
+    per group when the file has as many groups (TRAIN.FIX_KEYS's group counts its own steps), else the largest."""
+    state, saved = optimizer["state"], optimizer["param_groups"]
+    if len(saved) == groups:
+        firsts = [next((i for i in group["params"] if i in state), None) for group in saved]
+        if None not in firsts:
+            return [float(state[i]["step"]) for i in firsts]
+    return [max(float(s["step"]) for s in state.values())] * groups
 
 
 def _restore_schedule(scheduler: Any, saved: Optional[dict], step: int) -> str:
     """Load the saved schedule state when it is one of this run's kind ("loaded"), else step this run's schedule to
     ``step`` ("positioned": the original trainer's last.pth has none, older files a scheduler of another kind)."""
-    if saved is not None and _same_shape(saved, scheduler.state_dict()):
+    if saved is not None and _same_shape(saved, scheduler.state_dict()) and \
+            len(saved.get("base_lrs", ())) == len(scheduler.state_dict().get("base_lrs", ())):
         scheduler.load_state_dict(saved)
         return "loaded"
     with warnings.catch_warnings():  # torch warns of a schedule stepped before its optimizer: that is the point
@@ -144,31 +188,19 @@ def _same_shape(a: dict, b: dict) -> bool:
     return len(subs_a) == len(subs_b) and all(set(x) == set(y) for x, y in zip(subs_a, subs_b))
 
 
-def _set_full(param: torch.nn.Parameter, value: torch.Tensor, key: Optional[str] = None) -> None:
-    """Write a whole fp32 tensor (the weights, or optimizer state ``key``) into ZeRO's partitions of ``param``."""
-    value = value.float()
-    if not hasattr(param, "ds_id"):  # ZeRO 1/2
-        safe_set_full_fp32_param(param, value) if key is None else safe_set_full_optimizer_state(param, value, key)
-        return
-    # ZeRO-3: DeepSpeed's full setter does not pad the last rank's share, so cut this rank's share ourselves.
-    share = param.ds_tensor.ds_numel
-    piece = value.flatten()[_rank() * share:(_rank() + 1) * share]
-    piece = torch.nn.functional.pad(piece, (0, share - piece.numel()))
-    safe_set_local_fp32_param(param, piece) if key is None else safe_set_local_optimizer_state(param, piece, key)
-
-
-def _prepare_adam_state(engine: Any, step: float) -> None:
+def _prepare_adam_state(engine: Any, step: Union[float, list[float]]) -> None:
     """Create AdamW's state on ZeRO's flat fp32 partitions as torch would at its first step (it is lazy), with
-    the saved step count, and link it to the parameters, so the moments can be written before training."""
-    base = getattr(engine.optimizer, "optimizer", engine.optimizer)
-    flats = getattr(engine.optimizer, "fp32_partitioned_groups_flat", None)  # ZeRO-3 keys its state by these
-    if flats is None:
-        flats = [flat for group in base.param_groups for flat in group["params"]]
-    for flat in flats:
-        state = base.state[flat]
-        state.setdefault("exp_avg", torch.zeros_like(flat))
-        state.setdefault("exp_avg_sq", torch.zeros_like(flat))
-        state["step"] = torch.tensor(step, dtype=torch.float32)
+    the saved step count (one, or one per parameter group), and link it to the parameters, so the moments can be
+    written before training."""
+    base = partitions.base_optimizer(engine)
+    groups = partitions.group_flats(engine)
+    steps = step if isinstance(step, list) else [step] * len(groups)
+    for flats, group_step in zip(groups, steps):
+        for flat in flats:
+            state = base.state[flat]
+            state.setdefault("exp_avg", torch.zeros_like(flat))
+            state.setdefault("exp_avg_sq", torch.zeros_like(flat))
+            state["step"] = torch.tensor(group_step, dtype=torch.float32)
     if hasattr(engine.optimizer, "_lazy_init_hp_params_optimizer_state"):  # ZeRO 1/2: DeepSpeed links after step 1
         engine.optimizer._hp_optimizer_states_linked = False
         engine.optimizer._lazy_init_hp_params_optimizer_state()

@@ -40,15 +40,18 @@ def export_single_file(tag_dir: Path, out_path: Path) -> Path:
     return write_atomic(out_path, write)
 
 
-def export_tag(ckpt: Union[str, Path], tag: Optional[str], out: Union[str, Path], weights_only: bool = False) -> Path:
+def export_tag(ckpt: Union[str, Path], tag: Optional[str], out: Union[str, Path], weights_only: bool = False,
+               ema: bool = False) -> Path:
     """``python -m ds_deblur.convert``: write the tag named by ``ckpt`` (a checkpoint dir, + ``tag``, or a tag dir) to
-    ``out``: the full training state, or only the fp32 weights (``.safetensors`` or ``.pth``)."""
+    ``out``: the full training state (with the EMA weights when the run kept them), or only the fp32 weights
+    (``.safetensors`` or ``.pth``; ``ema``: the EMA weights)."""
     location = resolve(ckpt, tag)
     if location.kind == "file":
         raise CheckpointFormatError(f"{location.path} is a file; convert reads DeepSpeed tags: pass the checkpoint "
                                     f"directory (CKPT_DIR) or a tag directory (CKPT_DIR/TAG)")
-    export = export_weights if weights_only else export_single_file
-    return export(location.path, Path(out))
+    if weights_only:
+        return export_weights(location.path, Path(out), ema=ema)
+    return export_single_file(location.path, Path(out))
 
 
 def stale_exports(ckpt_dir: Path) -> list[tuple[str, str]]:

@@ -9,6 +9,11 @@ AdamW moments of the same layout.
 - ZeRO 3: every parameter is cut into ``ceil(numel / world)`` pieces; rank r's vector of a sub-group is its piece
   of each of the sub-group's parameters in turn (the last piece padded).
 Buffers are only in the model-states file (``module``), as are the names that order ``model.parameters()``.
+Frozen parameters (``requires_grad=False``: TRAIN.FREEZE) have no fp32 partition: ZeRO 1/2 keep them whole in
+``module`` (from ZeRO 2 on also under ``frozen_param_fragments``); ZeRO 3 cuts them like its other parameters and
+each rank's own model-states file holds its piece (``frozen_param_fragments``, the last one padded).
+EMA weights (TRAIN.EMA_DECAY, ``ds_deblur.ema``): each rank's ``ema_rank{r}.pt`` holds flat vectors with the layout of
+its fp32 partitions, so they are gathered with the same pieces.
 
 Memory: the ranks' files are memory-mapped and read one at a time, each piece copied straight into the output
 tensor, so the peak is the output (weights; + 2 moments for the full file) plus one rank's share.
@@ -22,12 +27,13 @@ from __future__ import annotations
 import math
 import re
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
 import torch
 
+from ds_deblur.ema import ema_file
 from ds_deblur.engine import precision_of, zero_stage_of
 from ds_deblur.errors import CheckpointFormatError
 from ds_deblur.models import rename_legacy_keys
@@ -119,19 +125,23 @@ def _zero3_pieces(shapes: dict, rank: int, world: int) -> list[Piece]:
 
 @dataclass
 class Gathered:
-    """Whole fp32 tensors rebuilt from the partitions, keyed by parameter name."""
+    """Whole fp32 tensors rebuilt from the partitions, keyed by parameter name (``weights`` and ``ema`` include the
+    frozen parameters, which never change)."""
     weights: dict[str, torch.Tensor]
     moments: dict[str, dict[str, torch.Tensor]]  # optimizer state key (exp_avg, exp_avg_sq) -> name -> tensor
     steps: dict[str, float]
     param_groups: list[dict]
     loss_scaler: Optional[dict]
+    ema: Optional[dict[str, torch.Tensor]] = None  # None: gathered without, or the tag has no EMA
+    group_names: list[list[str]] = field(default_factory=list)  # the trained parameters of each optimizer group
+    frozen: list[str] = field(default_factory=list)
 
 
 class _Gatherer:
     """Copies the ranks' pieces into whole fp32 tensors and counts what each tensor received."""
 
-    def __init__(self, tag: Tag, with_moments: bool):
-        self.tag, self.with_moments = tag, with_moments
+    def __init__(self, tag: Tag, with_moments: bool, with_ema: bool = False):
+        self.tag, self.with_moments, self.with_ema = tag, with_moments, with_ema
         self.group_shapes = tag.header["param_shapes"]
         self.shapes = {name: shape for shapes in self.group_shapes for name, shape in shapes.items()}
         self.out: dict[str, dict[str, torch.Tensor]] = {"weight": {}}
@@ -139,6 +149,7 @@ class _Gatherer:
         self.steps: dict[str, float] = {}
         self.partition: dict[int, int] = {}  # ZeRO 1/2: numel of a full rank partition per group (rank 0's)
         self.param_groups: list[dict] = []
+        self.group_names: list[list[str]] = []
         self.loss_scaler: Optional[dict] = None
 
     def read_rank(self, rank: int, path: Path) -> None:
@@ -148,6 +159,7 @@ class _Gatherer:
         if len(flats) != len(self.group_shapes):
             raise CheckpointFormatError(f"{path} has {len(flats)} flat groups, the model states describe "
                                         f"{len(self.group_shapes)}")
+        ema = _ema_flats(self.tag, rank, len(flats)) if self.with_ema else None
         paddings = osd.get("param_alignment_paddings")
         for g, (flat, shapes) in enumerate(zip(flats, self.group_shapes)):
             if self.tag.stage == 3:
@@ -156,6 +168,8 @@ class _Gatherer:
                 start = rank * self.partition.setdefault(g, flat.numel())
                 pieces = _zero12_pieces(shapes, paddings[g] if paddings else None, start, flat.numel())
             self._copy("weight", pieces, flat, path)
+            if ema is not None:
+                self._copy("ema", pieces, ema[g], ema_file(self.tag.dir, rank))
             for key, value in base["state"].get(g, {}).items() if self.with_moments else ():
                 if torch.is_tensor(value) and value.dim() == 1:
                     self._copy(key, pieces, value, path)
@@ -163,6 +177,8 @@ class _Gatherer:
                     self.steps.update((name, float(value)) for name in shapes)
         if rank == 0:
             self.param_groups = [{k: v for k, v in group.items() if k != "params"} for group in base["param_groups"]]
+            self.group_names = [[name for g in group["params"] for name in self.group_shapes[g]]
+                                for group in base["param_groups"]]
             if self.tag.precision == "fp16":
                 self.loss_scaler = loss_scaler_values(osd.get("loss_scaler"))
 
@@ -185,19 +201,76 @@ class _Gatherer:
                     raise CheckpointFormatError(
                         f"{self.tag.dir}: '{key}' of parameter {name} has {self.filled[key, name]} of "
                         f"{tensor.numel()} values across the rank files; the tag is inconsistent")
-        moments = {key: tensors for key, tensors in self.out.items() if key != "weight"}
-        return Gathered(self.out["weight"], moments, self.steps, self.param_groups, self.loss_scaler)
+        frozen = frozen_weights(self.tag)
+        weights, ema = {**self.out["weight"], **frozen}, self.out.get("ema")
+        moments = {key: tensors for key, tensors in self.out.items() if key not in ("weight", "ema")}
+        return Gathered(weights, moments, self.steps, self.param_groups, self.loss_scaler,
+                        ema={**ema, **frozen} if ema is not None else None, group_names=self.group_names,
+                        frozen=list(frozen))
 
 
-def gather(tag: Tag, with_moments: bool) -> Gathered:
-    """Rebuild the fp32 weights (and the AdamW moments) of every trained parameter, one rank file at a time."""
-    if tag.header.get("frozen_param_shapes"):
-        raise CheckpointFormatError(f"{tag.dir} has frozen parameters; ds_deblur models train every parameter and "
-                                    f"this converter does not read frozen-parameter fragments")
-    gatherer = _Gatherer(tag, with_moments)
+def gather(tag: Tag, with_moments: bool, with_ema: bool = False) -> Gathered:
+    """Rebuild the fp32 weights (and the AdamW moments, and the EMA weights when the tag has them) of every
+    parameter, one rank file at a time."""
+    gatherer = _Gatherer(tag, with_moments, with_ema and has_ema(tag))
     for rank, path in enumerate(tag.optim_files):
         gatherer.read_rank(rank, path)
     return gatherer.result()
+
+
+def has_ema(tag: Tag) -> bool:
+    """Every rank saved its EMA partitions (TRAIN.EMA_DECAY > 0)."""
+    return all(ema_file(tag.dir, rank).is_file() for rank in range(tag.world_size))
+
+
+def _ema_flats(tag: Tag, rank: int, groups: int) -> list[torch.Tensor]:
+    path = ema_file(tag.dir, rank)
+    try:
+        flats = torch.load(path, map_location="cpu", mmap=True, weights_only=True)["flats"]
+    except Exception as err:  # as load_pickled: any damage means the same to the user
+        raise CheckpointFormatError(f"{path} cannot be read ({type(err).__name__}: {err})") from None
+    if len(flats) != groups:
+        raise CheckpointFormatError(f"{path} has {len(flats)} EMA partitions, the optimizer file {groups}")
+    return flats
+
+
+def frozen_names(tag: Tag) -> list[str]:
+    """The frozen parameters (TRAIN.FREEZE): module entries that are neither trained nor buffers nor tied aliases."""
+    header = tag.header
+    skip = {name for shapes in header["param_shapes"] for name in shapes}
+    skip |= set(header["buffer_names"]) | set(header.get("shared_params") or {})
+    return [key for key in header["module"] if key not in skip]
+
+
+def frozen_weights(tag: Tag) -> dict[str, torch.Tensor]:
+    """fp32 values of the frozen parameters. ZeRO 1/2 keep them whole in ``module``; ZeRO 3 in pieces, one per
+    rank's model-states file."""
+    header, names = tag.header, frozen_names(tag)
+    if tag.stage < 3 or not names:
+        return {name: header["module"][name].to(torch.float32, copy=True) for name in names}
+    shapes = header.get("frozen_param_shapes") or {}
+    missing = [name for name in names if name not in shapes]
+    if missing:
+        raise CheckpointFormatError(f"{tag.dir}: module entries {missing[:3]} are neither trained, buffers nor "
+                                    f"frozen parameters; the tag is inconsistent")
+    out = {name: torch.empty(shapes[name], dtype=torch.float32) for name in names}
+    for rank in range(tag.world_size):
+        _copy_frozen_pieces(tag, rank, out)
+    return out
+
+
+def _copy_frozen_pieces(tag: Tag, rank: int, out: dict[str, torch.Tensor]) -> None:
+    path = tag.dir / f"zero_pp_rank_{rank}_mp_rank_00_model_states.pt"
+    if not path.is_file():
+        raise CheckpointFormatError(f"{path} is missing: the tag's frozen parameters are cut over its ranks")
+    fragments = load_pickled(path).get("frozen_param_fragments") or {}
+    for name, tensor in out.items():
+        share = math.ceil(tensor.numel() / tag.world_size)
+        lo, hi = rank * share, min((rank + 1) * share, tensor.numel())
+        if name not in fragments or fragments[name].numel() < hi - lo:
+            raise CheckpointFormatError(f"{path} lacks its piece of frozen parameter {name}")
+        if lo < hi:
+            tensor.view(-1)[lo:hi] = fragments[name].detach().view(-1)[:hi - lo].float()
 
 
 def _flat_groups(osd: dict, stage: int, path: Path) -> tuple[list[torch.Tensor], dict]:
@@ -251,5 +324,25 @@ def fp32_state_dict(tag_dir: Path) -> dict[str, torch.Tensor]:
     """fp32 weights and buffers of a complete tag as a plain ``nn.Module`` state dict."""
     tag = open_tag(tag_dir)
     return module_state_dict(tag, gather(tag, with_moments=False).weights)
+
+
+def ema_state_dict(tag_dir: Path) -> Optional[dict[str, torch.Tensor]]:
+    """The EMA weights (and the buffers) of a complete tag as a plain state dict; None when it has none."""
+    tag = open_tag(tag_dir)
+    if not has_ema(tag):
+        return None
+    return module_state_dict(tag, gather(tag, with_moments=False, with_ema=True).ema)
+
+
+def saved_group_settings(tag: Tag) -> list[tuple[dict, Optional[float]]]:
+    """(hyperparameters, Adam step) of each optimizer parameter group, as rank 0 saved them."""
+    osd = load_pickled(tag.optim_files[0])["optimizer_state_dict"]
+    _, base = _flat_groups(osd, tag.stage, tag.optim_files[0])
+    settings = []
+    for group in base["param_groups"]:
+        state = base["state"].get(group["params"][0], {}) if group["params"] else {}
+        settings.append(({k: v for k, v in group.items() if k != "params"},
+                         float(state["step"]) if "step" in state else None))
+    return settings
 
 

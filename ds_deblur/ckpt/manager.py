@@ -4,7 +4,7 @@ saving tags on a schedule with retention, and single-file exports in the backgro
     ckpt = CheckpointManager(CheckpointOptions.from_config(cfg), cfg, train_loader, world, precision, say)
     ckpt.prepare(args, model, ds_config)   # --resume / --init-weights: what must be in the module before the engine
     engine = deepspeed.initialize(...)
-    state = ckpt.restore(engine)           # -> TrainState (a fresh one when nothing is resumed)
+    state = ckpt.restore(engine, ema)      # -> TrainState (a fresh one when nothing is resumed); ema: ShardedEMA or None
     ckpt.save(state)                       # every rank; rank 0 then exports last.pth in the background
     ckpt.close()                           # waits for the last export
 """
@@ -24,7 +24,7 @@ from ds_deblur.ckpt.atomic import remove_temporaries
 from ds_deblur.ckpt.compat import check_config_change
 from ds_deblur.ckpt.engine_io import load_single, load_tag, save_tag
 from ds_deblur.ckpt.export import LAST_FILE, BackgroundExporter, stale_exports
-from ds_deblur.ckpt.gather import fp32_state_dict, has_legacy_names, open_tag
+from ds_deblur.ckpt.gather import ema_state_dict, fp32_state_dict, frozen_names, has_legacy_names, open_tag
 from ds_deblur.ckpt.retention import retain
 from ds_deblur.ckpt.single_file import load_single_file, single_file_dict
 from ds_deblur.ckpt.state import TrainState, client_state
@@ -32,6 +32,7 @@ from ds_deblur.ckpt.tags import BEST, Location, newest_complete, read_latest, re
     tag_problem
 from ds_deblur.ckpt.weights import load_state_dict_strict, load_weights
 from ds_deblur.config import Config, canonical_dict, resume_request
+from ds_deblur.ema import ShardedEMA
 from ds_deblur.errors import CheckpointError, ConfigError, DsDeblurError
 
 Say = Callable[[str], None]
@@ -64,6 +65,7 @@ class CheckpointManager:
         self.options, self.cfg, self.loader, self.world, self.precision = options, cfg, loader, world, precision
         self.dir, self.say = options.ckpt_dir, say
         self.engine: Any = None
+        self.ema: Optional[ShardedEMA] = None  # saved in every tag when the run keeps one
         self._complete: Optional[Callable[[Any], dict]] = None  # the restore step that needs the engine
         self._reset_optimizer = False
         self._source: Optional[Path] = None  # what is being restored
@@ -117,7 +119,7 @@ class CheckpointManager:
         else:
             self._check_fits(single["config"])
         load_state_dict_strict(model, single["state_dict"], self._source)  # every ZeRO stage starts from these
-        self._complete = lambda engine: load_single(engine, single, not self._reset_optimizer)
+        self._complete = lambda engine: load_single(engine, single, not self._reset_optimizer, self.ema)
 
     def _prepare_tag(self, tag_dir: Path, model: torch.nn.Module, ds_config: dict) -> None:
         tag = open_tag(tag_dir)
@@ -131,7 +133,8 @@ class CheckpointManager:
             # Weights only: read them ourselves (DeepSpeed's ZeRO-3 load ignores the tag when it skips the optimizer
             # states, DeepSpeed issue #8499), which also works on any world size.
             model.load_state_dict(fp32_state_dict(tag_dir))
-            self._complete = lambda engine: {**open_tag(tag_dir).state, "rng_restored": False}
+            self._complete = lambda engine: {**open_tag(tag_dir).state, "rng_restored": False,
+                                             "ema_restored": self._ema_from(tag_dir)}
             return
         saved_world = saved_world_size(tag_dir)
         if saved_world != self.world:
@@ -139,20 +142,35 @@ class CheckpointManager:
                      f"through DeepSpeed's universal checkpoint")
             universal.prepare(tag_dir)
             ds_config.setdefault("checkpoint", {})["load_universal"] = True
-        self._complete = lambda engine: load_tag(engine, tag_dir)
+            if frozen_names(tag):
+                # DeepSpeed's universal load leaves frozen parameters (TRAIN.FREEZE) as the module has them: give
+                # the module the tag's weights before the engine is built.
+                model.load_state_dict(fp32_state_dict(tag_dir))
+        self._complete = lambda engine: load_tag(engine, tag_dir, self.ema)
+
+    def _ema_from(self, tag_dir: Path) -> bool:
+        """With --reset-optimizer: the tag's EMA weights into the run's EMA, when both exist."""
+        weights = ema_state_dict(tag_dir) if self.ema is not None else None
+        if weights is not None:
+            self.ema.load_full(weights)
+        return weights is not None
 
     def _check_fits(self, saved_config: dict) -> None:
         """A changed model or data-shape key is an error before any weight is loaded (warnings come later)."""
         check_config_change(canonical_dict(saved_config), self.cfg.to_dict(), self.world, self.world,
                             warn=lambda _: None)
 
-    def restore(self, engine: Any) -> TrainState:
-        """After ``deepspeed.initialize``: complete the restore on the engine and the data loader, say what was
-        restored, and re-export single files a killed run left behind. Returns the state to continue from."""
-        self.engine = engine
+    def restore(self, engine: Any, ema: Optional[ShardedEMA] = None) -> TrainState:
+        """After ``deepspeed.initialize``: complete the restore on the engine, the EMA (``ema``: the run's, saved in
+        every tag from here on; it restarts at the restored weights when the checkpoint has none) and the data
+        loader, say what was restored, and re-export single files a killed run left behind. Returns the state to
+        continue from."""
+        self.engine, self.ema = engine, ema
         if self._complete is None:
             return TrainState()
         saved = self._complete(engine)
+        if ema is not None and not saved.get("ema_restored"):
+            ema.reset()
         if saved["config"] is not None:
             check_config_change(canonical_dict(saved["config"]), self.cfg.to_dict(), saved["world_size"],
                                 self.world, warn=self.say)
@@ -181,6 +199,10 @@ class CheckpointManager:
             say("[train] ✓ RNG state loaded" if saved["rng_restored"] else
                 "[train] RNG state not restored (world size changed, or a single file): data order and "
                 "augmentation still continue exactly; only random model ops (drop path) differ")
+        if self.ema is not None:
+            say(f"[train] ✓ EMA weights loaded ({self.ema.updates} updates, decay {self.ema.decay})"
+                if saved.get("ema_restored") else
+                "[train] EMA weights start from the restored weights (the checkpoint holds none)")
         if saved["data"]:
             same_batch = saved["world_size"] == self.world and \
                 saved["config"]["TRAIN"]["BATCH_SIZE"] == self.cfg.TRAIN.BATCH_SIZE
@@ -222,7 +244,7 @@ class CheckpointManager:
         client = client_state(state, data, self.cfg.to_dict(), self.engine, self.precision, self.world,
                               spike=self.spike_input())
         try:
-            save_tag(self.engine, self.dir, tag, client)
+            save_tag(self.engine, self.dir, tag, client, self.ema)
             if distributed.is_main() and tag != BEST:
                 retain(self.dir, self.options.keep_last, in_use=self.exporter.in_use() if self.exporter else ())
         except DsDeblurError:

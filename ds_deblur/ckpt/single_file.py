@@ -9,7 +9,12 @@ Layout (DESIGN §6), everything loadable with ``torch.load(path, weights_only=Tr
      'scaler':     torch.amp.GradScaler state dict for fp16 runs, else None,
      'config':     the ds_deblur config dict (``load_config(ckpt['config'])``),
      'meta':       format, source tag and dir, world size, ZeRO stage, precision, versions, best_step,
-                   data (sampler position), loss_scaler (DeepSpeed's own loss-scaler values, fp16 only)}
+                   data (sampler position), loss_scaler (DeepSpeed's own loss-scaler values, fp16 only),
+                   ema_decay and ema_updates (EMA runs),
+     'state_dict_ema': only in runs with TRAIN.EMA_DECAY > 0: the EMA weights, fp32, the keys of 'state_dict'}
+
+With TRAIN.FIX_KEYS the optimizer has two parameter groups (``ds_deblur.staged.param_groups`` builds them: the
+others, then the fixed ones); frozen parameters (TRAIN.FREEZE) are in ``state_dict`` but in no group.
 
 The original S-VRT trainer's own files read too (``from_original``): its ``best.pth``
 (``step, epoch, best_psnr, state_dict, optimizer, scheduler, scaler``) and its ``last.pth`` (``step, state_dict``).
@@ -26,7 +31,8 @@ from typing import Any, Union
 
 import torch
 
-from ds_deblur.ckpt.gather import Gathered, gather, module_state_dict, open_tag, param_order
+from ds_deblur.ckpt.gather import Gathered, Tag, gather, module_state_dict, open_tag, param_order
+from ds_deblur.ema import ema_file
 from ds_deblur.errors import CheckpointFormatError, CheckpointNotFoundError
 from ds_deblur.models import rename_legacy_keys
 
@@ -127,7 +133,7 @@ def single_file_dict(tag_dir: Path) -> dict:
     if missing:
         raise CheckpointFormatError(f"{tag_dir}: the trainer's client state lacks {missing}; it was written by "
                                     f"another version of ds_deblur's trainer")
-    gathered = gather(tag, with_moments=True)
+    gathered = gather(tag, with_moments=True, with_ema=True)
     meta = {
         "format": FORMAT, "source_tag": tag.dir.name, "source_dir": str(tag.dir.parent.resolve()),
         "world_size": tag.world_size, "zero_stage": tag.stage, "precision": tag.precision,
@@ -136,6 +142,9 @@ def single_file_dict(tag_dir: Path) -> dict:
         "global_steps": tag.header.get("global_steps"), "skipped_steps": tag.header.get("skipped_steps"),
         "loss_scaler": gathered.loss_scaler,
     }
+    ema = {} if gathered.ema is None else {"state_dict_ema": module_state_dict(tag, gathered.ema)}
+    if ema:
+        meta.update(_ema_meta(tag))
     return plain({
         "step": state["step"], "epoch": state["epoch"], "best_psnr": state["best_psnr"],
         "state_dict": module_state_dict(tag, gathered.weights),
@@ -144,26 +153,42 @@ def single_file_dict(tag_dir: Path) -> dict:
         "scaler": grad_scaler_state(gathered.loss_scaler) if gathered.loss_scaler else None,
         "config": state["config"],
         "meta": meta,
+        **ema,
     })
 
 
+def _ema_meta(tag: Tag) -> dict:
+    saved = torch.load(ema_file(tag.dir, 0), map_location="cpu", mmap=True, weights_only=True)
+    return {"ema_decay": float(saved["decay"]), "ema_updates": int(saved.get("updates", 0))}
+
+
 def adamw_state_dict(gathered: Gathered, order: list[str], source: Path) -> dict:
-    """What ``torch.optim.AdamW(model.parameters()).state_dict()`` would hold after the same training."""
-    settings = gathered.param_groups[0]
-    if any(group != settings for group in gathered.param_groups[1:]):
-        raise CheckpointFormatError(f"{source}: parameter groups with different settings; ds_deblur builds one")
-    template = torch.optim.AdamW([torch.zeros(1)]).state_dict()["param_groups"][0]
-    group = {key: settings.get(key, default) for key, default in template.items() if key != "params"}
-    group["betas"] = tuple(group["betas"])
-    if "initial_lr" in settings:
-        group["initial_lr"] = settings["initial_lr"]
-    group["params"] = list(range(len(order)))
+    """What ``torch.optim.AdamW(model.parameters()).state_dict()`` would hold after the same training; with several
+    parameter groups (TRAIN.FIX_KEYS) what AdamW over ``ds_deblur.staged.param_groups(model, cfg)`` would hold.
+    Parameters are numbered in ``model.parameters()`` order (``order``), frozen ones included."""
+    groups = gathered.param_groups
+    if len(groups) == 1:
+        members = [list(range(len(order)))]
+    else:
+        index = {name: i for i, name in enumerate(order)}
+        members = [sorted(index[name] for name in names) for names in gathered.group_names]
     state = {}
     for index, name in enumerate(order):
         if name in gathered.steps:
             state[index] = {"step": torch.tensor(gathered.steps[name], dtype=torch.float32),
                             **{key: tensors[name] for key, tensors in gathered.moments.items()}}
-    return {"state": state, "param_groups": [group]}
+    return {"state": state, "param_groups": [_adamw_group(settings, params)
+                                             for settings, params in zip(groups, members)]}
+
+
+def _adamw_group(settings: dict, params: list[int]) -> dict:
+    template = torch.optim.AdamW([torch.zeros(1)]).state_dict()["param_groups"][0]
+    group = {key: settings.get(key, default) for key, default in template.items() if key != "params"}
+    group["betas"] = tuple(group["betas"])
+    if "initial_lr" in settings:
+        group["initial_lr"] = settings["initial_lr"]
+    group["params"] = params
+    return group
 
 
 def plain(obj: Any, where: str = "checkpoint") -> Any:

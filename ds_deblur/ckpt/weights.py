@@ -3,6 +3,10 @@
 Kinds read: a single file (``last.pth``/``best.pth``, or any dict with a ``state_dict``), a complete tag or
 checkpoint directory, a weights export (``.pth`` dict of tensors or ``.safetensors``; ours carry the run's config
 and spike input as metadata), and an official VRT release file keyed ``params`` (weights of ``model.vrt``).
+
+EMA weights (TRAIN.EMA_DECAY): a single file's ``state_dict_ema`` or a tag's ``ema_rank{r}.pt`` files.
+``read_weights(path, ema=None)`` takes them when the run validated with them (its LOG.VAL_USE_EMA), ``ema=True``
+always (an error when there are none), ``ema=False`` never.
 """
 from __future__ import annotations
 
@@ -16,7 +20,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from ds_deblur.ckpt.atomic import save_atomic, write_atomic
-from ds_deblur.ckpt.gather import fp32_state_dict, gather, module_state_dict, open_tag
+from ds_deblur.ckpt.gather import ema_state_dict, fp32_state_dict, gather, has_ema, module_state_dict, open_tag
 from ds_deblur.ckpt.single_file import read_weights_only
 from ds_deblur.ckpt.tags import resolve
 from ds_deblur.errors import CheckpointFormatError
@@ -35,12 +39,16 @@ class Weights:
     backbone_only: bool = False  # an official VRT release: the weights of ``model.vrt``
 
 
-def read_weights(path: PathLike) -> Weights:
-    """The weights held by any checkpoint kind at ``path`` (a missing path is 'Checkpoint not found')."""
+def read_weights(path: PathLike, ema: Optional[bool] = False) -> Weights:
+    """The weights held by any checkpoint kind at ``path`` (a missing path is 'Checkpoint not found'); ``ema``:
+    its EMA weights (True), its weights (False), or whichever the run validated with (None)."""
     location = resolve(path)
     path = location.path
     if location.kind == "tag":
         state = open_tag(path).state
+        if _wants_ema(ema, state.get("config"), has_ema(open_tag(path)), path):
+            return Weights(ema_state_dict(path), state.get("config"), state.get("spike"),
+                           f"tag {path.name}, EMA weights")
         return Weights(fp32_state_dict(path), state.get("config"), state.get("spike"), f"tag {path.name}")
     if path.suffix == ".safetensors":
         with safe_open(str(path), "pt") as handle:
@@ -50,14 +58,28 @@ def read_weights(path: PathLike) -> Weights:
     obj = read_weights_only(path)
     if isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
         meta = obj.get("meta") if isinstance(obj.get("meta"), dict) else {}
+        if _wants_ema(ema, obj.get("config"), isinstance(obj.get("state_dict_ema"), dict), path):
+            return Weights(rename_legacy_keys(obj["state_dict_ema"]), obj.get("config"), meta.get("spike"),
+                           f"single file (step {obj.get('step')}), EMA weights")
         return Weights(rename_legacy_keys(obj["state_dict"]), obj.get("config"), meta.get("spike"),
                        f"single file (step {obj.get('step')})")
+    if ema:
+        raise CheckpointFormatError(f"{path} has no EMA weights: only a ds_deblur tag or last.pth/best.pth of a run "
+                                    f"with TRAIN.EMA_DECAY > 0 holds them (or a --weights-only --ema export)")
     if isinstance(obj, dict) and isinstance(obj.get("params"), dict):
         return Weights(obj["params"], None, None, "official VRT weights (backbone)", backbone_only=True)
     if isinstance(obj, dict) and obj and all(torch.is_tensor(v) for v in obj.values()):
         return Weights(rename_legacy_keys(obj), None, None, "weights export")
     kind = f"a dict with keys {sorted(map(str, obj))[:6]}" if isinstance(obj, dict) else f"a {type(obj).__name__}"
     raise CheckpointFormatError(f"{path} holds {kind}: neither a ds_deblur checkpoint nor model weights")
+
+
+def _wants_ema(ema: Optional[bool], config: Optional[dict], available: bool, path: Path) -> bool:
+    if ema is None:  # what the run validated and picked its best with
+        return available and bool(((config or {}).get("LOG") or {}).get("VAL_USE_EMA"))
+    if ema and not available:
+        raise CheckpointFormatError(f"{path} has no EMA weights: the run trained with TRAIN.EMA_DECAY 0")
+    return ema
 
 
 def load_into(model: torch.nn.Module, weights: Weights, path: PathLike) -> None:
@@ -92,10 +114,15 @@ def _few(keys: list) -> str:
     return f"{len(keys)} keys" + (f" ({', '.join(keys[:4])}{', ...' if len(keys) > 4 else ''})" if keys else "")
 
 
-def export_weights(tag_dir: Path, out_path: PathLike) -> Path:
-    """Write a complete tag's fp32 weights and buffers: safetensors for ``*.safetensors``, else ``torch.save``."""
+def export_weights(tag_dir: Path, out_path: PathLike, ema: bool = False) -> Path:
+    """Write a complete tag's fp32 weights (``ema``: its EMA weights) and buffers: safetensors for
+    ``*.safetensors``, else ``torch.save``."""
     tag = open_tag(tag_dir)
-    weights = module_state_dict(tag, gather(tag, with_moments=False).weights)
+    if ema and not has_ema(tag):
+        raise CheckpointFormatError(f"{tag_dir} has no EMA weights (no ema_rank*.pt: the run trained with "
+                                    f"TRAIN.EMA_DECAY 0); leave out --ema")
+    gathered = gather(tag, with_moments=False, with_ema=ema)
+    weights = module_state_dict(tag, gathered.ema if ema else gathered.weights)
     if Path(out_path).suffix != ".safetensors":
         return save_atomic(weights, out_path)
     seen: set[int] = set()
@@ -105,5 +132,5 @@ def export_weights(tag_dir: Path, out_path: PathLike) -> Path:
         seen.add(id(value))
     # The run's config and spike input ride along as metadata, so that inference can rebuild the model.
     metadata = {"format": "pt", "tag": tag.dir.name, "config": json.dumps(tag.state.get("config")),
-                "spike": json.dumps(tag.state.get("spike"))}
+                "spike": json.dumps(tag.state.get("spike")), "weights": "ema" if ema else "trained"}
     return write_atomic(out_path, lambda tmp: save_file(tensors, tmp, metadata=metadata))
