@@ -1,7 +1,7 @@
 """DeepSpeed tag -> single file: ``last.pth``/``best.pth`` (full training state) or an fp32 weights export.
 
     python -m ds_deblur.convert CKPT_DIR [--tag TAG] --out last.pth
-    python -m ds_deblur.convert CKPT_DIR [--tag TAG] --weights-only --out model.pth|model.safetensors
+    python -m ds_deblur.convert CKPT_DIR [--tag TAG] --weights-only [--ema] --out model.pth|model.safetensors
 
 CKPT_DIR is a checkpoint directory (its ``latest`` tag unless --tag is given) or a tag directory itself. Only
 complete tags are read: the trainer's ``COMMIT.json`` must be there and every file it lists must have its size.
@@ -33,25 +33,31 @@ def build_parser() -> argparse.ArgumentParser:
                                                      "model.pth or model.safetensors")
     parser.add_argument("--weights-only", action="store_true",
                         help="write only the fp32 weights and buffers (a plain state dict; no optimizer)")
+    parser.add_argument("--ema", action="store_true",
+                        help="with --weights-only: the EMA weights (runs with TRAIN.EMA_DECAY > 0; the full "
+                             "last.pth holds both as state_dict and state_dict_ema)")
     return parser
 
 
 def main(argv: Optional[list[str]] = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.ema and not args.weights_only:
+        parser.error("--ema goes with --weights-only (the full single file holds both state_dict and "
+                     "state_dict_ema)")
     start = time.perf_counter()
     try:
         with contextlib.redirect_stdout(sys.stderr):
             # Imported here: DeepSpeed binds its log handler to the stdout of its first import, and stdout is for the
             # one line this prints; --help also stays fast without it.
             from ds_deblur.ckpt.export import export_tag
-            out = export_tag(args.ckpt, args.tag, args.out, args.weights_only)
+            out = export_tag(args.ckpt, args.tag, args.out, args.weights_only, ema=args.ema)
     except CheckpointNotFoundError as err:
         parser.error(str(err))
     except DsDeblurError as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
-    what = "fp32 weights" if args.weights_only else "full training state"
+    what = ("fp32 EMA weights" if args.ema else "fp32 weights") if args.weights_only else "full training state"
     print(f"[convert] wrote {out} ({what}, {out.stat().st_size / 2**20:.1f} MiB) in "
           f"{time.perf_counter() - start:.1f} s")
     return 0

@@ -31,6 +31,7 @@ from ds_deblur.metrics import psnr, psnr_y, ssim_y
 from ds_deblur.tiling import restore
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+WEIGHTS = {"auto": None, "ema": True, "trained": False}  # --weights -> read_weights(ema=...)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -52,6 +53,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="frames per temporal window (default: the checkpoint's DATA.CLIP_LEN)")
     parser.add_argument("--precision", choices=sorted(DTYPES), default="fp32")
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--weights", choices=sorted(WEIGHTS), default="auto",
+                        help="which weights of a run with TRAIN.EMA_DECAY > 0: the EMA weights (ema), the trained "
+                             "ones (trained), or those the run validated with, its LOG.VAL_USE_EMA (auto, default)")
     parser.add_argument("--config", type=Path, default=None,
                         help="the run's config.yaml: needed for a .pth weights export, replaces a stored config")
     parser.add_argument("--spike-mean", type=float, default=None, help="spike voxel normalisation (default: "
@@ -109,7 +113,7 @@ def sequence_dirs(args: argparse.Namespace) -> tuple[list[Path], Optional[Path]]
 def run(args: argparse.Namespace) -> dict:
     """Restore every frame of every sequence; returns what metrics.json holds (written when sharp frames exist)."""
     dirs, data_root = sequence_dirs(args)
-    ckpt = read_weights(Path(args.ckpt))
+    ckpt = read_weights(Path(args.ckpt), ema=WEIGHTS[args.weights])
     model, cfg = build_from(ckpt, Path(args.ckpt), args.config)
     spike = spike_input(cfg, ckpt.spike, data_root, args.spike_mean, args.spike_std)
     sequences = [open_sequence(d, spike) for d in dirs]  # every folder checked before the first frame runs

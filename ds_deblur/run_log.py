@@ -62,11 +62,13 @@ class RunLogger:
             Image.fromarray(visual).save(self.save_dir / "visuals" / f"step_{step:06d}.png")
         if self.writer is not None:
             for key, value in metrics.items():
-                self.writer.add_scalar(f"val/{key}", value, step)
+                if isinstance(value, (int, float)):  # not "weights" (which weights were validated: ema or trained)
+                    self.writer.add_scalar(f"val/{key}", value, step)
             if visual is not None:
                 self.writer.add_image("val/visual", visual, step, dataformats="HWC")
             self.writer.flush()
-        self.bar.write(f"[val] step {step}: PSNR {metrics['psnr_rgb']:.3f} dB (Y {metrics['psnr_y']:.3f}), "
+        weights = " (EMA weights)" if metrics.get("weights") == "ema" else ""
+        self.bar.write(f"[val] step {step}{weights}: PSNR {metrics['psnr_rgb']:.3f} dB (Y {metrics['psnr_y']:.3f}), "
                        f"SSIM-Y {metrics['ssim_y']:.4f}, best {metrics['best_psnr']:.3f}")
 
     def hparams(self, hparams: dict, final: dict) -> None:

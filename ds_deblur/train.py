@@ -17,6 +17,7 @@ if __name__ == "__main__" and not __package__:
     sys.path.insert(0, os.path.dirname(_here))
 
 import argparse  # noqa: E402
+import contextlib  # noqa: E402
 import json  # noqa: E402
 import signal  # noqa: E402
 import time  # noqa: E402
@@ -34,6 +35,7 @@ from ds_deblur.ckpt.tags import BEST  # noqa: E402
 from ds_deblur.config import Config, load_config, save_config  # noqa: E402
 from ds_deblur.data import build_dataloaders  # noqa: E402
 from ds_deblur.divergence import DivergenceWatch  # noqa: E402
+from ds_deblur.ema import ShardedEMA  # noqa: E402
 from ds_deblur.engine import (engine_config, initialize, loss_scale, min_loss_scale, precision_of,  # noqa: E402
                               total_steps)
 from ds_deblur.errors import DsDeblurError  # noqa: E402
@@ -41,6 +43,7 @@ from ds_deblur.faults import Injections  # noqa: E402
 from ds_deblur.losses import DeblurLoss  # noqa: E402
 from ds_deblur.models import build_model  # noqa: E402
 from ds_deblur.run_log import RunLogger, memory_mb  # noqa: E402
+from ds_deblur.staged import FIXED_GROUP, FixedPhase, freeze  # noqa: E402
 from ds_deblur.validate import input_metrics, model_dtype, validate  # noqa: E402
 
 EXIT_DIVERGED = 3
@@ -97,6 +100,7 @@ class StepStats:
     parts: dict = field(default_factory=dict)
     nonfinite: bool = False
     data_time: float = 0.0
+    lr_fixed: Optional[float] = None  # the TRAIN.FIX_KEYS group's LR, when there is one
 
     def add(self, loss: float, parts: dict, accum: int, waited: float) -> None:
         self.micro += 1
@@ -126,9 +130,14 @@ class Trainer:
         self.ckpt = CheckpointManager(CheckpointOptions.from_config(cfg), cfg, self.train_loader, self.world,
                                       self.precision, say)
         self.ckpt.prepare(args, model, self.ds)  # weights and engine settings that must precede initialize
+        frozen = freeze(model, cfg)  # before initialize: DeepSpeed then keeps them out of the optimizer
         self.loss_fn = DeblurLoss.from_config(cfg).to(distributed.device())
         self.engine = initialize(model, cfg, self.ds, self.total_steps)
-        self.state = self.ckpt.restore(self.engine)
+        self.ema = ShardedEMA.from_config(self.engine, cfg)
+        self.state = self.ckpt.restore(self.engine, self.ema)
+        self.fixed = FixedPhase(self.engine, cfg)
+        self.fixed.apply(self.state.step)
+        self._say_recipe(model, frozen)
         if self.state.step:
             say(f"[train] Resume complete. Continuing from step {self.state.step}/{self.total_steps}")
         if distributed.is_main():
@@ -141,6 +150,21 @@ class Trainer:
         self.stop_requested = False
         self.last_val: Optional[dict] = None
         self.stats = StepStats()
+
+    def _say_recipe(self, model: torch.nn.Module, frozen: list[str]) -> None:
+        train = self.cfg.TRAIN
+        params = dict(model.named_parameters())
+        if frozen:
+            say(f"[train] TRAIN.FREEZE {train.FREEZE}: {len(frozen)} parameters "
+                f"({sum(params[n].numel() for n in frozen):,} values) never train")
+        if self.fixed.params:
+            phase = (f"fixed until step {train.FIX_ITER}, then" if self.state.step < train.FIX_ITER else "")
+            say(f"[train] TRAIN.FIX_KEYS {train.FIX_KEYS}: {len(self.fixed.params)} parameters "
+                f"({sum(p.numel() for p in self.fixed.params):,} values) {phase} trained at LR x {train.FIX_LR_MUL}")
+        if self.ema is not None:
+            say(f"[train] EMA of the weights, decay {self.ema.decay}: {self.ema.numel():,} fp32 values on this rank "
+                f"({self.ema.numel() * 4 / 2**20:.1f} MiB); validation uses the "
+                f"{'EMA' if self.cfg.LOG.VAL_USE_EMA else 'trained'} weights")
 
     # --- the loop ---------------------------------------------------------------------------------------------
 
@@ -178,8 +202,9 @@ class Trainer:
     def _micro_step(self, batch: dict, waited: float) -> bool:
         """Forward, backward and ``engine.step`` of one micro-batch; True when it completed an optimizer step."""
         boundary = self.engine.is_gradient_accumulation_boundary()
-        if boundary:
-            self.stats.lr = self.engine.get_lr()[0]  # the LR this step uses (engine.step advances the schedule)
+        if boundary:  # the LRs this step uses (engine.step advances the schedule)
+            lrs = self.engine.get_lr()
+            self.stats.lr, self.stats.lr_fixed = lrs[0], lrs[FIXED_GROUP] if len(lrs) > FIXED_GROUP else None
         dtype, device = model_dtype(self.engine), self.engine.device
         blur = batch["blur"].to(device, dtype, non_blocking=True)
         spike = batch["spike_vox"].to(device, dtype, non_blocking=True)
@@ -207,8 +232,13 @@ class Trainer:
                 f"config does not guard non-finite gradients (ZeRO stage 0 without fp16?); use ZeRO >= 1, or for "
                 f"bf16 set \"check_grad_overflow\": true in the bf16 section")
         diverged = self.watch.update(applied, loss_scale(self.engine), min_loss_scale(self.engine))
+        if self.ema is not None:
+            self.ema.after_step()  # averages applied steps only
         self._log_step(stats, applied)
         step, last = self.state.step, self.state.step >= self.total_steps
+        if self.fixed.after_step(step):
+            say(f"[train] Step {step} = TRAIN.FIX_ITER: the TRAIN.FIX_KEYS parameters train from here, at LR x "
+                f"{self.cfg.TRAIN.FIX_LR_MUL}")
         if step % self.cfg.LOG.VAL_EVERY_STEPS == 0 or last:
             self._validate()
         if diverged:
@@ -230,6 +260,8 @@ class Trainer:
         grad_norm = float(grad_norm) if grad_norm is not None and applied else None
         record = {"step": self.state.step, "epoch": self.state.epoch, "loss": stats.loss, "lr": stats.lr,
                   "loss_scale": scale, "grad_norm": grad_norm, "skipped": int(self.engine.skipped_steps)}
+        if stats.lr_fixed is not None:
+            record["lr_fixed"] = stats.lr_fixed
         scalars = {}
         if self.state.step % self.cfg.LOG.LOG_EVERY_STEPS == 0 or self.state.step == 1:
             samples = self.cfg.TRAIN.BATCH_SIZE * self.cfg.TRAIN.GRADIENT_ACCUMULATION_STEPS * self.world
@@ -239,6 +271,8 @@ class Trainer:
                        "perf/memory_mb": memory_mb(), **{f"train/{k}": v for k, v in stats.parts.items()}}
             if grad_norm is not None:
                 scalars["train/grad_norm"] = grad_norm
+            if stats.lr_fixed is not None:
+                scalars["train/lr_fixed"] = stats.lr_fixed
         self.log.train_step(record, scalars)
 
     def _diverged_message(self, why: str) -> str:
@@ -249,8 +283,11 @@ class Trainer:
                 + (", or use bf16 (ds_configs/zero2_bf16.json)." if self.precision == "fp16" else "."))
 
     def _validate(self) -> None:
-        metrics, visual = validate(self.engine, self.val_loader, self.multiple, self.cfg.TRAIN.VAL_TILE_SIZE,
-                                   self.cfg.TRAIN.VAL_TILE_OVERLAP, want_visual=distributed.is_main())
+        use_ema = self.ema is not None and self.cfg.LOG.VAL_USE_EMA
+        with self.ema.swapped_in() if use_ema else contextlib.nullcontext():  # the EMA weights, no full copy
+            metrics, visual = validate(self.engine, self.val_loader, self.multiple, self.cfg.TRAIN.VAL_TILE_SIZE,
+                                       self.cfg.TRAIN.VAL_TILE_OVERLAP, want_visual=distributed.is_main())
+        metrics["weights"] = "ema" if use_ema else "trained"
         improved = metrics["psnr_rgb"] > self.state.best_psnr
         if improved:
             self.state.best_psnr, self.state.best_step = metrics["psnr_rgb"], self.state.step
