@@ -216,6 +216,19 @@ def test_rank_files_that_do_not_belong_together_are_refused(tags, tmp_path):
         export_tag(mixed, None, tmp_path / "x.pth")
 
 
+@pytest.mark.dist
+@pytest.mark.slow
+def test_ema_export_of_a_run_without_ema_says_so(tags, tmp_path, capsys):
+    assert main([str(tags / "ckpts"), "--weights-only", "--ema", "--out", str(tmp_path / "ema.pth")]) == 1
+    assert "z2_w2 has no EMA weights" in capsys.readouterr().err and not (tmp_path / "ema.pth").exists()
+
+
+def test_ema_goes_with_weights_only(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main([str(tmp_path), "--ema", "--out", str(tmp_path / "x.pth")])
+    assert exit_.value.code == 2 and "--ema goes with --weights-only" in capsys.readouterr().err
+
+
 def test_cli_missing_path_is_an_argparse_error(tmp_path):
     missing = tmp_path / "nope"
     result = subprocess.run([sys.executable, "-m", "ds_deblur.convert", str(missing), "--out", str(tmp_path / "x")],
@@ -226,7 +239,7 @@ def test_cli_missing_path_is_an_argparse_error(tmp_path):
 
 def test_cli_help_documents_the_options():
     text = build_parser().format_help()
-    for option in ("CKPT_DIR", "--tag", "--out", "--weights-only", "latest", "safetensors"):
+    for option in ("CKPT_DIR", "--tag", "--out", "--weights-only", "--ema", "latest", "safetensors"):
         assert option in text
 
 
