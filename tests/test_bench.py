@@ -78,6 +78,12 @@ def test_memory_bench_reads_sharded_state_from_the_engine(tmp_path):
         assert 0.49 * whole["parameters"] < held[(3, 2, rank)]["parameters"] < whole["parameters"]
     assert all(r["peak_mib"] > 0 for r in result["ranks"])
     assert "ZeRO 3" in proc.stdout and result["host"]["torch"]
+    # The sharded EMA: a full fp32 copy on 1 rank (the masters' size), half of it per rank on 2, none at ZeRO 0.
+    assert solo["ema"] == 0 and whole["ema"] == whole["master_weights"] > 0
+    assert all(held[(3, 2, rank)]["ema"] == held[(3, 2, rank)]["master_weights"] < 0.51 * whole["ema"]
+               for rank in (0, 1))
+    entry = {(e["stage"], e["world_size"]): e for e in result["summary"]}[(3, 2)]
+    assert entry["ema_vs_ideal"] == pytest.approx(1.0, abs=0.02)
 
 
 @pytest.mark.slow

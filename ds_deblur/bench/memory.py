@@ -3,6 +3,9 @@ bytes of parameters, gradients, fp32 master weights, optimizer state and gradien
 own tensors after a training step's backward, against the ideal 1/N sharding of what that stage shards (ZeRO 1:
 master weights and optimizer state; 2: also gradients; 3: also parameters), taking the same stage on one rank as
 the unsharded amount; and the stage's peak memory per rank (CPU: rise of peak RSS; GPU: max_memory_allocated).
+The sharded EMA weights (``ds_deblur.ema``, TRAIN.EMA_DECAY) are measured beside them, from ZeRO 1 on, against the
+ideal 1/N of the same stage's one-rank EMA (a full fp32 copy); they are not in the total, which is what a run
+without EMA holds.
 """
 from __future__ import annotations
 
@@ -13,7 +16,7 @@ from pathlib import Path
 
 from ds_deblur.bench.common import MIB, REPO, format_table, positive_int, run_checked, torchrun
 
-SHARDED_FROM = {"optimizer_state": 1, "master_weights": 1, "gradients": 2, "parameters": 3}
+SHARDED_FROM = {"optimizer_state": 1, "master_weights": 1, "gradients": 2, "parameters": 3, "ema": 1}
 ROLES = ("parameters", "gradients", "master_weights", "optimizer_state")
 
 
@@ -53,10 +56,15 @@ def _summarize(rows: list[dict]) -> list[dict]:
         for role in ROLES:
             entry[f"{role}_mib"] = max(r["held_bytes"][role] for r in ranks) / MIB
         entry["total_mib"] = sum(entry[f"{role}_mib"] for role in ROLES)
+        entry["ema_mib"] = max(r["held_bytes"].get("ema", 0) for r in ranks) / MIB
         if alone:
             base = {role: statistics.mean(r["held_bytes"][role] for r in alone) / MIB for role in ROLES}
             entry["ideal_mib"] = sum(base[role] / (world if stage >= SHARDED_FROM[role] else 1) for role in ROLES)
             entry["vs_ideal"] = entry["total_mib"] / entry["ideal_mib"]
+            full_ema = statistics.mean(r["held_bytes"].get("ema", 0) for r in alone) / MIB
+            if full_ema:
+                entry["ema_full_copy_mib"] = full_ema
+                entry["ema_vs_ideal"] = entry["ema_mib"] / (full_ema / world)
         result.append(entry)
     return result
 
@@ -64,7 +72,14 @@ def _summarize(rows: list[dict]) -> list[dict]:
 def table(results: dict) -> str:
     rows = [[f"ZeRO {e['stage']}", e["world_size"], *(f"{e[f'{role}_mib']:.1f}" for role in ROLES),
              f"{e['total_mib']:.1f}", f"{e['ideal_mib']:.1f}" if "ideal_mib" in e else "-",
-             f"{e['vs_ideal']:.2f}" if "vs_ideal" in e else "-", f"{e['buckets_mib']:.0f}", f"{e['peak_mib']:.0f}"]
+             f"{e['vs_ideal']:.2f}" if "vs_ideal" in e else "-", _ema_cell(e), f"{e['buckets_mib']:.0f}",
+             f"{e['peak_mib']:.0f}"]
             for e in results["summary"]]
     return format_table(["stage", "ranks", "params MiB", "grads MiB", "fp32 master MiB", "optim MiB", "total MiB",
-                         "ideal MiB", "/ ideal", "buckets MiB (alloc)", "peak MiB"], rows)
+                         "ideal MiB", "/ ideal", "EMA MiB (/ ideal)", "buckets MiB (alloc)", "peak MiB"], rows)
+
+
+def _ema_cell(entry: dict) -> str:
+    if not entry.get("ema_mib"):
+        return "-"
+    return f"{entry['ema_mib']:.1f}" + (f" ({entry['ema_vs_ideal']:.2f})" if "ema_vs_ideal" in entry else "")

@@ -1,7 +1,8 @@
 """The ranks of the memory benchmark (run under torchrun): for each ZeRO stage, build the engine on the trainer's
-model, take two optimizer steps on a random batch of the training shape, and record what the engine holds on this
-rank after the second backward (parameters, gradients, fp32 master weights, optimizer state and gradient buckets all
-live) and the peak memory of the stage. Each rank writes ``OUT/stage{S}_rank{R}.json``.
+model with its sharded EMA (TRAIN.EMA_DECAY; ZeRO 1-3), take two optimizer steps on a random batch of the training
+shape, and record what the engine holds on this rank after the second backward (parameters, gradients, fp32 master
+weights, optimizer state, EMA weights and gradient buckets all live) and the peak memory of the stage. Each rank
+writes ``OUT/stage{S}_rank{R}.json``.
 
     python -m torch.distributed.run --nproc_per_node N -m ds_deblur.bench.memory_ranks --config C --out DIR
 """
@@ -18,9 +19,12 @@ import torch
 from ds_deblur import distributed, engine as eng
 from ds_deblur.bench.common import ds_json_for_stage
 from ds_deblur.config import load_config
+from ds_deblur.ema import ShardedEMA
 from ds_deblur.losses import DeblurLoss
 from ds_deblur.models import build_model
 from ds_deblur.models.speed import PeakMemory
+
+EMA_DECAY = 0.999  # KAIR's usual E_decay; the memory does not depend on it
 
 
 def _tensors(value: Any, depth: int = 3) -> Iterator[torch.Tensor]:
@@ -48,13 +52,13 @@ def _innermost(optimizer: Any) -> torch.optim.Optimizer:
     return optimizer
 
 
-def held_bytes(engine: Any) -> dict[str, int]:
+def held_bytes(engine: Any, ema: Optional[ShardedEMA] = None) -> dict[str, int]:
     """Bytes of tensor storage this rank holds, by role, each storage counted once (in the first role that has it).
 
     Read from the engine's own objects: module parameters (ZeRO 3: this rank's ``ds_tensor`` partitions and the
     parameters it keeps whole), the torch optimizer's state, the ZeRO optimizer's fp32 and gradient attributes, its
     reduction buckets (allocated size; on a CPU only the touched pages are resident), and every tensor alive in the
-    process."""
+    process; ``ema``: the EMA's partitions (role ``ema``)."""
     params = list(engine.module.parameters())
     wrapper, base = engine.optimizer, _innermost(engine.optimizer)
     roles = {
@@ -65,6 +69,7 @@ def held_bytes(engine: Any) -> dict[str, int]:
         "optimizer_state": [t for state in base.state.values() for t in _tensors(state)],
         "gradients": [p.grad for p in params if p.grad is not None] + _attributes(wrapper, "grad"),
         "buckets": _attributes(wrapper, "ipg"),
+        "ema": list(ema.shadow) if ema is not None else [],
     }
     seen: set[int] = set()
     held = {}
@@ -92,6 +97,7 @@ def measure_stage(cfg: Any, stage: int, device: torch.device) -> dict:
     peak.start()
     torch.manual_seed(cfg.SEED)
     engine = eng.initialize(build_model(cfg), cfg, ds, total_steps=10)
+    ema = ShardedEMA(engine, EMA_DECAY) if stage > 0 else None  # ZeRO 0 has no fp32 partitions to follow
     loss_fn = DeblurLoss.from_config(cfg).to(device)
     b, t, crop, k = cfg.TRAIN.BATCH_SIZE, cfg.DATA.CLIP_LEN, cfg.DATA.CROP_SIZE, cfg.DATA.K
     dtype = next(engine.module.parameters()).dtype
@@ -102,8 +108,10 @@ def measure_stage(cfg: Any, stage: int, device: torch.device) -> dict:
         loss, _ = loss_fn(engine(blur.to(dtype), spike.to(dtype)).float(), sharp)
         engine.backward(loss)
         if i == 2 * micro - 1:
-            held = held_bytes(engine)
+            held = held_bytes(engine, ema)
         engine.step()
+        if ema is not None:
+            ema.after_step()  # averages only the steps DeepSpeed applied (not the accumulation micro-steps)
     row = {"stage": stage, "world_size": world, "rank": torch.distributed.get_rank(),
            "params": sum(p.ds_numel if hasattr(p, "ds_numel") else p.numel() for p in engine.module.parameters()),
            "held_bytes": held, "peak_mib": peak.stop()}
