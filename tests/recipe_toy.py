@@ -40,7 +40,8 @@ FIXED, FROZEN = "conv1.bias", "gain"
 RECIPE = [f"TRAIN.EMA_DECAY={DECAY}", f"TRAIN.FIX_KEYS=[{FIXED}]", f"TRAIN.FIX_ITER={FIX_ITER}",
           "TRAIN.FIX_LR_MUL=0.5", f"TRAIN.FREEZE=[{FROZEN}]", "LOG.EXPORT_SINGLE_FILE=false"]
 RUNS = {"z1_w2": (2, 1, "fp32"), "z2_w2": (2, 2, "fp32"), "z3_w2": (2, 3, "fp32"), "z2_w2_fp16": (2, 2, "fp16"),
-        "z1_w2_bf16": (2, 1, "bf16"), "z1_w1": (1, 1, "fp32"), "z2_w1": (1, 2, "fp32"), "z3_w1": (1, 3, "fp32")}
+        "z3_w2_fp16": (2, 3, "fp16"), "z1_w2_bf16": (2, 1, "bf16"), "z1_w1": (1, 1, "fp32"), "z2_w1": (1, 2, "fp32"),
+        "z3_w1": (1, 3, "fp32")}
 RESHARDED = ("z1_w2", "z2_w2", "z3_w2")  # resumed on 1 rank
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 

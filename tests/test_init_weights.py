@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from ds_deblur.ckpt.weights import load_weights
+from ds_deblur.ckpt.weights import load_weights, read_weights
 from ds_deblur.config import load_config
 from ds_deblur.models import build_model
 from ds_deblur.errors import CheckpointFormatError
@@ -62,3 +62,22 @@ def test_weights_of_another_model_are_refused_naming_the_file(tmp_path, trained)
         load_weights(fresh(2), path)
     with pytest.raises(Exception, match="Checkpoint not found"):
         load_weights(fresh(2), tmp_path / "nope.pth")
+
+
+def test_ema_weights_are_chosen_as_the_run_validated_or_as_asked(tmp_path, trained):
+    ema = {k: v + 1 if v.is_floating_point() else v for k, v in trained.items()}
+    path = tmp_path / "last.pth"
+    for validated_with_ema in (True, False):
+        torch.save({"step": 3, "state_dict": trained, "state_dict_ema": ema,
+                    "config": {"LOG": {"VAL_USE_EMA": validated_with_ema}}}, path)
+        auto = read_weights(path, ema=None)
+        assert same(auto.state_dict, ema if validated_with_ema else trained)
+        assert ("EMA" in auto.what) is validated_with_ema
+        assert same(read_weights(path, ema=True).state_dict, ema)
+        assert same(read_weights(path).state_dict, trained)  # the default (--init-weights): the trained weights
+    torch.save({"step": 3, "state_dict": trained}, path)
+    with pytest.raises(CheckpointFormatError, match="has no EMA weights"):
+        read_weights(path, ema=True)
+    torch.save(trained, tmp_path / "export.pth")
+    with pytest.raises(CheckpointFormatError, match="holds one set of weights"):
+        read_weights(tmp_path / "export.pth", ema=True)

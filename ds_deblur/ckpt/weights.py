@@ -53,6 +53,9 @@ def read_weights(path: PathLike, ema: Optional[bool] = False) -> Weights:
     if path.suffix == ".safetensors":
         with safe_open(str(path), "pt") as handle:
             meta = handle.metadata() or {}
+        if ema and meta.get("weights") != "ema":
+            raise CheckpointFormatError(f"{path} is an export of the trained weights, not of the EMA weights "
+                                        f"(export those with python -m ds_deblur.convert ... --weights-only --ema)")
         return Weights(rename_legacy_keys(load_file(str(path))), json.loads(meta.get("config", "null")),
                        json.loads(meta.get("spike", "null")), "weights export")
     obj = read_weights_only(path)
@@ -64,8 +67,9 @@ def read_weights(path: PathLike, ema: Optional[bool] = False) -> Weights:
         return Weights(rename_legacy_keys(obj["state_dict"]), obj.get("config"), meta.get("spike"),
                        f"single file (step {obj.get('step')})")
     if ema:
-        raise CheckpointFormatError(f"{path} has no EMA weights: only a ds_deblur tag or last.pth/best.pth of a run "
-                                    f"with TRAIN.EMA_DECAY > 0 holds them (or a --weights-only --ema export)")
+        raise CheckpointFormatError(f"{path} holds one set of weights, no EMA weights beside them: only a tag or "
+                                    f"last.pth/best.pth of a run with TRAIN.EMA_DECAY > 0 does (a --weights-only "
+                                    f"--ema export loads as it is, without asking for EMA weights)")
     if isinstance(obj, dict) and isinstance(obj.get("params"), dict):
         return Weights(obj["params"], None, None, "official VRT weights (backbone)", backbone_only=True)
     if isinstance(obj, dict) and obj and all(torch.is_tensor(v) for v in obj.values()):
