@@ -31,28 +31,32 @@ def base_optimizer(engine: Any) -> torch.optim.Optimizer:
     return getattr(engine.optimizer, "optimizer", engine.optimizer)
 
 
-def master_flats(engine: Any, why: str = "TRAIN.EMA_DECAY") -> list[torch.Tensor]:
-    """This rank's fp32 master partitions, in the order DeepSpeed saves them; ``why`` names the feature that needs
-    them in the error raised when the engine has none (no ZeRO, or ZeRO-3 with the optimizer state on NVMe)."""
-    for name in _MASTERS:
-        flats = getattr(engine.optimizer, name, None)
-        if flats is not None:
-            break
-    else:
-        raise ConfigError(f"{why} needs ZeRO stage 1, 2 or 3 (fp32 master partitions to follow); this engine runs "
+def master_flats(engine: Any) -> list[torch.Tensor]:
+    """This rank's fp32 master partitions, in the order DeepSpeed saves them (what the EMA follows). An engine
+    without them in memory (no ZeRO, or ZeRO-3 state on NVMe) is an error naming TRAIN.EMA_DECAY."""
+    flats = _masters(engine)
+    if flats is None:
+        raise ConfigError(f"TRAIN.EMA_DECAY needs ZeRO stage 1, 2 or 3 (fp32 master partitions to follow); this engine runs "
                           f"ZeRO stage {engine.zero_optimization_stage()}: set zero_optimization.stage in the "
                           f"DeepSpeed JSON (all ds_configs/*.json use 1, 2 or 3)")
     swapped = any(flat is None for flat in getattr(engine.optimizer, "fp16_partitioned_groups_flat", []))
     if getattr(engine.optimizer, "swap_optimizer", False) or swapped:
-        raise ConfigError(f"{why} does not work with ZeRO-3 state offloaded to NVMe (the partitions are not in "
+        raise ConfigError(f"TRAIN.EMA_DECAY does not work with ZeRO-3 state offloaded to NVMe (the partitions are not in "
                           f"memory); use offload device cpu or none")
     return list(flats)
 
 
+def _masters(engine: Any) -> Optional[list[torch.Tensor]]:
+    return next((getattr(engine.optimizer, name) for name in _MASTERS if hasattr(engine.optimizer, name)), None)
+
+
 def group_flats(engine: Any) -> list[list[torch.Tensor]]:
-    """The master partitions of each optimizer parameter group (ZeRO 3: the group's sub-groups)."""
-    flats = master_flats(engine, why="this operation")
-    groups: list[list[torch.Tensor]] = [[] for _ in base_optimizer(engine).param_groups]
+    """What AdamW keeps its state by, per parameter group: the master partitions (ZeRO 3: the group's sub-groups),
+    or without ZeRO the parameters themselves."""
+    base, flats = base_optimizer(engine), _masters(engine)
+    if flats is None:
+        return [list(group["params"]) for group in base.param_groups]
+    groups: list[list[torch.Tensor]] = [[] for _ in base.param_groups]
     sub_to_group = getattr(engine.optimizer, "sub_group_to_group_id", None)
     for index, flat in enumerate(flats):
         groups[sub_to_group[index] if sub_to_group is not None else index].append(flat)

@@ -158,9 +158,9 @@ class Trainer:
             say(f"[train] TRAIN.FREEZE {train.FREEZE}: {len(frozen)} parameters "
                 f"({sum(params[n].numel() for n in frozen):,} values) never train")
         if self.fixed.params:
-            phase = (f"fixed until step {train.FIX_ITER}, then" if self.state.step < train.FIX_ITER else "")
+            phase = f"fixed until step {train.FIX_ITER}, then " if self.state.step < train.FIX_ITER else ""
             say(f"[train] TRAIN.FIX_KEYS {train.FIX_KEYS}: {len(self.fixed.params)} parameters "
-                f"({sum(p.numel() for p in self.fixed.params):,} values) {phase} trained at LR x {train.FIX_LR_MUL}")
+                f"({sum(p.numel() for p in self.fixed.params):,} values) {phase}trained at LR x {train.FIX_LR_MUL}")
         if self.ema is not None:
             say(f"[train] EMA of the weights, decay {self.ema.decay}: {self.ema.numel():,} fp32 values on this rank "
                 f"({self.ema.numel() * 4 / 2**20:.1f} MiB); validation uses the "

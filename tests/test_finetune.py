@@ -10,7 +10,7 @@ import json
 import pytest
 import torch
 
-from ds_deblur.ckpt.describe import describe
+from ds_deblur.ckpt.describe import describe, format_text
 from ds_deblur.ckpt.single_file import single_file_dict
 from ds_deblur.ckpt.weights import read_weights
 from ds_deblur.config import load_config
@@ -22,9 +22,11 @@ from train_utils import REPO, config_for, ds_json, make_dataset, output_of, run_
 
 FINETUNE = REPO / "ds_configs" / "finetune_vrt_gopro.yaml"
 FROZEN = "vrt.conv_first.weight"
-# The recipe's own keys stay; the run is shortened and made small (tiny preset, 4 steps, FIX_ITER 2, EMA on).
+# The recipe's own keys stay; the run is shortened and made small (tiny preset, 4 steps, FIX_ITER 2, EMA on), and
+# without activation checkpointing, which only trades memory for recomputation (time on a CPU).
 SETS = ["TRAIN.TOTAL_STEPS=4", "TRAIN.FIX_ITER=2", "TRAIN.EMA_DECAY=0.9", f"TRAIN.FREEZE=[{FROZEN}]",
-        "LOG.VAL_EVERY_STEPS=2", "LOG.SAVE_EVERY_STEPS=1", "LOG.KEEP_LAST=4"]
+        "LOG.VAL_EVERY_STEPS=2", "LOG.SAVE_EVERY_STEPS=1", "LOG.KEEP_LAST=4", "MODEL.VRT.USE_CHECKPOINT_ATTN=false",
+        "MODEL.VRT.USE_CHECKPOINT_FFN=false"]
 
 
 def test_the_config_is_vrts_recipe_on_the_official_backbone():
@@ -56,6 +58,8 @@ def finetuned(tmp_path_factory):
             "stdout": proc.stdout}
 
 
+@pytest.mark.dist
+@pytest.mark.slow
 def test_fixed_parameters_keep_the_released_weights_until_fix_iter_and_frozen_ones_for_good(finetuned):
     release, ckpts = finetuned["release"], finetuned["straight"] / "ckpts"
     fixed = [k for k in release if matches(k, ["spynet", "deform"])]
@@ -68,6 +72,8 @@ def test_fixed_parameters_keep_the_released_weights_until_fix_iter_and_frozen_on
     assert all(not torch.equal(by_step[1][f"vrt.{k}"], release[k]) for k in others[:5])  # the rest trains at once
 
 
+@pytest.mark.dist
+@pytest.mark.slow
 def test_a_run_cut_before_fix_iter_resumes_exactly_ema_included(finetuned):
     straight, pieces = finetuned["straight"], finetuned["pieces"]
     assert "Resuming from step 1 (epoch 0)" in finetuned["stdout"]
@@ -82,6 +88,8 @@ def test_a_run_cut_before_fix_iter_resumes_exactly_ema_included(finetuned):
     assert len(a["optimizer"]["param_groups"]) == 2 and a["meta"]["ema_decay"] == 0.9
 
 
+@pytest.mark.dist
+@pytest.mark.slow
 def test_validation_best_and_inference_use_the_ema_weights(finetuned, tmp_path):
     run = finetuned["straight"]
     val = json.loads((run / "metrics/val_step_000004.json").read_text())
@@ -98,4 +106,7 @@ def test_validation_best_and_inference_use_the_ema_weights(finetuned, tmp_path):
     assert all(torch.equal(exported[k], v) for k, v in last["state_dict_ema"].items())
     info = describe(run / "ckpts" / "step_000004")
     assert info["ema_decay"] == 0.9 and info["contains"]["ema"] == ["ema_rank0.pt", "ema_rank1.pt"]
-    assert info["frozen"] == 1
+    assert info["frozen"] == 1 and "EMA weights: yes, decay 0.9" in format_text(info)
+    info = describe(run / "ckpts" / "last.pth")
+    assert info["contains"]["state_dict_ema"]["count"] == len(last["state_dict"])
+    assert "fp32 EMA weights, decay 0.9" in format_text(info)

@@ -1,6 +1,7 @@
 """Moving state between a live DeepSpeed engine and the checkpoint files: saving a tag (every rank) and committing
 it, loading a tag (any world size, through the universal cache when it differs), and loading a single file into
-ZeRO's partitions on any world size and stage. The only code that writes into DeepSpeed's optimizer internals.
+ZeRO's partitions on any world size and stage, with the EMA partitions (``ds_deblur.ema``) alongside. With
+``ds_deblur.partitions`` (which it writes through) the only code that writes into DeepSpeed's optimizer internals.
 """
 from __future__ import annotations
 
@@ -14,7 +15,6 @@ import torch.distributed as dist
 from deepspeed.checkpoint import constants as ds_constants
 
 from ds_deblur import distributed, faults, partitions
-from ds_deblur.partitions import set_full as _set_full
 from ds_deblur.ckpt import universal
 from ds_deblur.ckpt.gather import ema_state_dict, open_tag, saved_group_settings
 from ds_deblur.ckpt.rng import load_rng, save_rng
@@ -90,12 +90,18 @@ def load_tag(engine: Any, tag_dir: Path, ema: Optional[ShardedEMA] = None) -> di
     if other_world:
         universal.restore_buffers(engine, tag_dir)
         _restore_group_settings(engine, tag_dir)
-        weights = ema_state_dict(tag_dir) if ema is not None else None
-        if weights is not None:
-            ema.load_full(weights)
-        return {**state, "rng_restored": False, "ema_restored": weights is not None}
+        return {**state, "rng_restored": False, "ema_restored": load_tag_ema(ema, tag_dir)}
     load_rng(tag_dir, _rank())
     return {**state, "rng_restored": True, "ema_restored": ema is not None and ema.load(tag_dir, _rank())}
+
+
+def load_tag_ema(ema: Optional[ShardedEMA], tag_dir: Path) -> bool:
+    """A tag's EMA weights into ``ema`` on any world size (gathered whole from its ``ema_rank{r}.pt`` files, then cut
+    into this rank's partitions); False when either has none."""
+    weights = ema_state_dict(tag_dir) if ema is not None else None
+    if weights is not None:
+        ema.load_full(weights)
+    return weights is not None
 
 
 def _restore_group_settings(engine: Any, tag_dir: Path) -> None:
@@ -129,7 +135,7 @@ def load_single(engine: Any, ckpt: dict, load_optimizer: bool = True, ema: Optio
     params = list(engine.module.named_parameters())
     for name, param in params:
         if param.requires_grad:
-            _set_full(param, weights[name])
+            partitions.set_full(param, weights[name])
     meta = ckpt["meta"]
     restored = {"optimizer": False, "scheduler": None, "loss_scaler": False}
     if load_optimizer:
@@ -138,7 +144,7 @@ def load_single(engine: Any, ckpt: dict, load_optimizer: bool = True, ema: Optio
             _prepare_adam_state(engine, _group_steps(ckpt["optimizer"], len(engine.optimizer.param_groups)))
             for index, (_, param) in enumerate(params):
                 for key in ("exp_avg", "exp_avg_sq") if param.requires_grad else ():
-                    _set_full(param, moments[index][key], key)
+                    partitions.set_full(param, moments[index][key], key)
             restored["optimizer"] = True
         restored["scheduler"] = _restore_schedule(engine.lr_scheduler, ckpt["scheduler"], ckpt["step"])
         for group, lr in zip(engine.optimizer.param_groups, engine.lr_scheduler.get_last_lr()):

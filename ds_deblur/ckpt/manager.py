@@ -22,9 +22,9 @@ from ds_deblur import distributed
 from ds_deblur.ckpt import universal
 from ds_deblur.ckpt.atomic import remove_temporaries
 from ds_deblur.ckpt.compat import check_config_change
-from ds_deblur.ckpt.engine_io import load_single, load_tag, save_tag
+from ds_deblur.ckpt.engine_io import load_single, load_tag, load_tag_ema, save_tag
 from ds_deblur.ckpt.export import LAST_FILE, BackgroundExporter, stale_exports
-from ds_deblur.ckpt.gather import ema_state_dict, fp32_state_dict, frozen_names, has_legacy_names, open_tag
+from ds_deblur.ckpt.gather import fp32_state_dict, frozen_names, has_legacy_names, open_tag
 from ds_deblur.ckpt.retention import retain
 from ds_deblur.ckpt.single_file import load_single_file, single_file_dict
 from ds_deblur.ckpt.state import TrainState, client_state
@@ -134,7 +134,7 @@ class CheckpointManager:
             # states, DeepSpeed issue #8499), which also works on any world size.
             model.load_state_dict(fp32_state_dict(tag_dir))
             self._complete = lambda engine: {**open_tag(tag_dir).state, "rng_restored": False,
-                                             "ema_restored": self._ema_from(tag_dir)}
+                                             "ema_restored": load_tag_ema(self.ema, tag_dir)}
             return
         saved_world = saved_world_size(tag_dir)
         if saved_world != self.world:
@@ -147,13 +147,6 @@ class CheckpointManager:
                 # the module the tag's weights before the engine is built.
                 model.load_state_dict(fp32_state_dict(tag_dir))
         self._complete = lambda engine: load_tag(engine, tag_dir, self.ema)
-
-    def _ema_from(self, tag_dir: Path) -> bool:
-        """With --reset-optimizer: the tag's EMA weights into the run's EMA, when both exist."""
-        weights = ema_state_dict(tag_dir) if self.ema is not None else None
-        if weights is not None:
-            self.ema.load_full(weights)
-        return weights is not None
 
     def _check_fits(self, saved_config: dict) -> None:
         """A changed model or data-shape key is an error before any weight is loaded (warnings come later)."""
