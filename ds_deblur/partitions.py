@@ -36,13 +36,13 @@ def master_flats(engine: Any) -> list[torch.Tensor]:
     without them in memory (no ZeRO, or ZeRO-3 state on NVMe) is an error naming TRAIN.EMA_DECAY."""
     flats = _masters(engine)
     if flats is None:
-        raise ConfigError(f"TRAIN.EMA_DECAY needs ZeRO stage 1, 2 or 3 (fp32 master partitions to follow); this engine runs "
-                          f"ZeRO stage {engine.zero_optimization_stage()}: set zero_optimization.stage in the "
-                          f"DeepSpeed JSON (all ds_configs/*.json use 1, 2 or 3)")
+        raise ConfigError(f"TRAIN.EMA_DECAY needs ZeRO stage 1, 2 or 3 (fp32 master partitions to follow); this "
+                          f"engine runs ZeRO stage {engine.zero_optimization_stage()}: set zero_optimization.stage in "
+                          f"the DeepSpeed JSON (all ds_configs/*.json use 1, 2 or 3)")
     swapped = any(flat is None for flat in getattr(engine.optimizer, "fp16_partitioned_groups_flat", []))
     if getattr(engine.optimizer, "swap_optimizer", False) or swapped:
-        raise ConfigError(f"TRAIN.EMA_DECAY does not work with ZeRO-3 state offloaded to NVMe (the partitions are not in "
-                          f"memory); use offload device cpu or none")
+        raise ConfigError(f"TRAIN.EMA_DECAY does not work with ZeRO-3 state offloaded to NVMe (the partitions are "
+                          f"not in memory); use offload device cpu or none")
     return list(flats)
 
 

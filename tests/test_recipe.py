@@ -9,7 +9,7 @@ import torch
 import torch.multiprocessing as mp
 
 from ds_deblur.ckpt.gather import gather, module_state_dict, open_tag, saved_group_settings
-from recipe_toy import DECAY, FIX_ITER, FIXED, FROZEN, RESHARDED, RUNS, SAVED, STEPS, rank_main
+from recipe_toy import FIX_ITER, FIXED, FROZEN, RESHARDED, RUNS, SAVED, rank_main
 from tag_factory import Toy
 from train_utils import free_port
 

@@ -4,7 +4,8 @@
                 checkpoint path is (the only code that reads or writes the marker or ``latest``)
     atomic      crash-safe file writes
     engine_io   live engine <-> files: save + commit a tag, load a tag (any world size), load a single file
-    gather      reading a tag offline: ZeRO partitions gathered into whole fp32 tensors
+    gather      reading a tag offline: ZeRO partitions gathered into whole fp32 tensors (weights, Adam moments,
+                EMA weights, frozen parameters)
     single_file the single-file format (last.pth / best.pth): read, build from a tag
     weights     model weights from any checkpoint kind; fp32 weights exports
     export      single-file exports in a background thread of rank 0

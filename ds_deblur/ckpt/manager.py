@@ -4,7 +4,8 @@ saving tags on a schedule with retention, and single-file exports in the backgro
     ckpt = CheckpointManager(CheckpointOptions.from_config(cfg), cfg, train_loader, world, precision, say)
     ckpt.prepare(args, model, ds_config)   # --resume / --init-weights: what must be in the module before the engine
     engine = deepspeed.initialize(...)
-    state = ckpt.restore(engine, ema)      # -> TrainState (a fresh one when nothing is resumed); ema: ShardedEMA or None
+    state = ckpt.restore(engine, ema)      # -> TrainState (a fresh one when nothing is resumed); ema: None or the
+                                           #    run's ShardedEMA, restored too and saved in every tag
     ckpt.save(state)                       # every rank; rank 0 then exports last.pth in the background
     ckpt.close()                           # waits for the last export
 """
