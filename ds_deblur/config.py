@@ -47,6 +47,10 @@ class DataConfig:
     HFLIP: bool = doc(True, "random horizontal flip of training clips")
     VFLIP: bool = doc(False, "random vertical flip of training clips")
     VAL_MAX_FRAMES: Optional[int] = doc(None, "validate at most this many frames per sequence; null = all")
+    SPIKE_ROOT: Optional[str] = doc(None, "separate spike tree SPLIT/SEQ/spike (+ config.yaml); null = the one in ROOT")
+    SPIKE_DIR: str = doc("spike", "a sequence's folder of .dat spike streams")
+    VOXEL_CACHE_DIRNAME: str = doc("spike_vox", "a sequence's voxel cache folder (python -m ds_deblur.data.prepare)")
+    IMAGE_EXTS: list[str] = doc([".png"], "extensions of the frame files in blur/ and sharp/ that count")
 
     def validate(self) -> None:
         _require(bool(self.ROOT), "DATA.ROOT", "is missing: set it in the YAML or with --set DATA.ROOT=/path/to/data")
@@ -62,6 +66,10 @@ class DataConfig:
             _require(self.SPIKE_STD > 0, "DATA.SPIKE_STD", f"must be > 0, got {self.SPIKE_STD}")
         if self.VAL_MAX_FRAMES is not None:
             _require(self.VAL_MAX_FRAMES >= 1, "DATA.VAL_MAX_FRAMES", f"must be >= 1, got {self.VAL_MAX_FRAMES}")
+        _require(bool(self.IMAGE_EXTS) and all(e.startswith(".") for e in self.IMAGE_EXTS), "DATA.IMAGE_EXTS",
+                 f"must list extensions with their dot, e.g. ['.png'], got {self.IMAGE_EXTS}")
+        _require(bool(self.SPIKE_DIR) and self.SPIKE_DIR != self.VOXEL_CACHE_DIRNAME, "DATA.SPIKE_DIR",
+                 f"must be a folder name other than DATA.VOXEL_CACHE_DIRNAME, got {self.SPIKE_DIR!r}")
 
 
 @dataclass
