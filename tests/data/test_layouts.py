@@ -1,8 +1,6 @@
 """The GoPro spike release's layout as downloaded, beside the unified one: the same data must read the same, every
 bad-data error names the file in the release's folders, and the tools (check, prepare) work on both."""
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -11,29 +9,18 @@ import torch
 import yaml
 from PIL import Image
 
-from ds_deblur.data import ClipOptions, DatasetError, SampleKey, SpikeDeblurDataset, build_datasets
+from ds_deblur.data import DatasetError, SampleKey, build_datasets
 from ds_deblur.data.layout import frame_files
 from ds_deblur.data.loader import load_voxel_stats
+from ds_deblur.data.check import main as check_main
+from ds_deblur.data.prepare import main as prepare_main
 from ds_deblur.data.prepare import prepare
 from ds_deblur.data.roots import LayoutOptions, open_layout, sequence_dirs_of
 from ds_deblur.data.synth import main as synth_main
+from test_bad_data import build, expect_error
 
-REPO = Path(__file__).resolve().parents[2]
 FRAMES, SPIKES = "GOPRO_Large", "GOPRO_Large_spike_seq"
 TRAIN_SEQ, TEST_SEQ = "GOPR0372_00_00", "GOPR0472_00_00"
-
-
-def build(root, split="train", **kw):
-    opts = ClipOptions(**{**dict(clip_len=3, k=4, mean=0.5, std=2.0, crop_size=16, hflip=True, vflip=True), **kw})
-    return SpikeDeblurDataset(root, split, opts, training=split == "train")
-
-
-def expect_error(root, *needles, **kw):
-    with pytest.raises(DatasetError) as err:
-        build(root, **kw)
-    for needle in needles:
-        assert str(needle) in str(err.value)
-    return str(err.value)
 
 
 def test_synth_writes_the_release_layout(gopro_root, tiny):
@@ -154,24 +141,25 @@ def test_a_release_sequence_given_alone_finds_its_spikes(gopro_root, tiny_root):
     assert seq.spikes == seq.frames == tiny_root / "val" / "seq_000" and not layout.release
 
 
-def run_tool(module, *args):
-    return subprocess.run([sys.executable, "-m", f"ds_deblur.data.{module}", *map(str, args)], cwd=REPO,
-                          capture_output=True, text=True, timeout=120)
+def check(capsys, root, *args):
+    """``python -m ds_deblur.data.check`` in this process: (exit status, printed text)."""
+    status = check_main([str(root), "--k", "4", "--clip-len", "3", *map(str, args)])
+    return status, capsys.readouterr().out
 
 
-def test_check_cli_on_the_release(gopro_copy):
-    good = run_tool("check", gopro_copy, "--k", "4", "--clip-len", "3")
-    assert good.returncode == 0, good.stdout + good.stderr
-    assert "GoPro spike release" in good.stdout and "spike size 16x20" in good.stdout
-    assert [line.split()[:3] for line in good.stdout.splitlines() if line.startswith(("train", "test"))] == \
+def test_check_cli_on_the_release(gopro_copy, capsys):
+    status, out = check(capsys, gopro_copy)
+    assert status == 0, out
+    assert "GoPro spike release" in out and "spike size 16x20" in out
+    assert [line.split()[:3] for line in out.splitlines() if line.startswith(("train", "test"))] == \
            [["train", "2", "12"], ["test", "1", "6"]]
     moved = gopro_copy.parent / "moved"
     shutil.move(gopro_copy / SPIKES, moved)
-    assert run_tool("check", gopro_copy, "--k", "4", "--clip-len", "3").returncode == 1
-    assert run_tool("check", gopro_copy, "--k", "4", "--clip-len", "3", "--spike-root", moved).returncode == 0
+    assert check(capsys, gopro_copy)[0] == 1
+    assert check(capsys, gopro_copy, "--spike-root", moved)[0] == 0
     (moved / "test" / TEST_SEQ / "spike" / "000051.dat").unlink()
-    bad = run_tool("check", gopro_copy, "--k", "4", "--clip-len", "3", "--spike-root", moved)
-    assert bad.returncode == 1 and str(moved / "test" / TEST_SEQ / "spike" / "000051.dat") in bad.stdout
+    status, out = check(capsys, gopro_copy, "--spike-root", moved)
+    assert status == 1 and str(moved / "test" / TEST_SEQ / "spike" / "000051.dat") in out
 
 
 def test_prepare_writes_the_cache_beside_the_release_spikes(gopro_copy, tiny_copy):
@@ -183,8 +171,12 @@ def test_prepare_writes_the_cache_beside_the_release_spikes(gopro_copy, tiny_cop
     from_dat, from_cache = build(gopro_copy, "val"), build(gopro_copy, "val", use_voxel_cache=True)
     assert torch.equal(from_dat[1]["spike_vox"], from_cache[1]["spike_vox"])
     assert load_voxel_stats(open_layout(gopro_copy), 4, (16, 20)) == (stats.mean, stats.std)
-    assert run_tool("prepare", gopro_copy, "--k", "4", "--splits", "train", "test", "--stats-split", "train"
-                    ).returncode == 0
+    (gopro_copy / SPIKES / "voxel_stats.json").unlink()
+    for folder in sorted(gopro_copy.glob(f"{SPIKES}/*/*/spike_vox")):
+        shutil.rmtree(folder)
+    assert prepare_main([str(gopro_copy), "--k", "4", "--splits", "train", "test", "--stats-only"]) == 0
+    assert not list(gopro_copy.glob("**/*.npy"))  # statistics only, the same ones
+    assert load_voxel_stats(open_layout(gopro_copy), 4, (16, 20)) == pytest.approx((stats.mean, stats.std))
 
 
 def test_synth_cli_layouts(tmp_path, capsys):
