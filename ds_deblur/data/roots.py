@@ -9,8 +9,8 @@ Release (the GoPro spike dataset as downloaded), recognised by its two folders::
 
 ``DATA.SPIKE_ROOT`` moves the spike tree anywhere (its own ``SPLIT/SEQ/spike`` and ``config.yaml``), in either
 layout. The voxel cache goes beside the spike files (``SEQ/spike_vox`` in the spike tree) and ``voxel_stats.json``
-at the spike tree's root. The release has no ``val`` split (GoPro validates on ``test``): a split that does not
-exist while ``test`` does is read as ``test``, so ``DATA.VAL_SPLIT: val`` works unchanged on both layouts.
+at the spike tree's root. The release has no ``val`` split (GoPro validates on ``test``): ``val``, when it does not
+exist and ``test`` does, is read as ``test``, so ``DATA.VAL_SPLIT: val`` works unchanged on both layouts.
 """
 from __future__ import annotations
 
@@ -26,7 +26,7 @@ from .errors import DatasetError
 
 META_FILE = "meta.yaml"
 RELEASE_FRAMES, RELEASE_SPIKES, RELEASE_CONFIG = "GOPRO_Large", "GOPRO_Large_spike_seq", "config.yaml"
-VALIDATION_SPLIT = "test"  # what the release calls the split it validates and tests on
+VAL_SPLIT, VALIDATION_SPLIT = "val", "test"  # our name of the validation split, and the release's
 
 
 @dataclass(frozen=True)
@@ -65,8 +65,9 @@ class DataLayout:
         return f"{kind}: frames in {self.frames_root}, spike streams in {self.spike_root}"
 
     def split_name(self, split: str) -> str:
-        """The folder of ``split``: itself, or ``test`` when it does not exist and ``test`` does."""
-        if not (self.frames_root / split).is_dir() and (self.frames_root / VALIDATION_SPLIT).is_dir():
+        """The folder of ``split``: itself, or for ``val`` the release's ``test`` when only that exists."""
+        missing = not (self.frames_root / split).is_dir()
+        if split == VAL_SPLIT and missing and (self.frames_root / VALIDATION_SPLIT).is_dir():
             return VALIDATION_SPLIT
         return split
 
