@@ -111,7 +111,8 @@ def spike_input(cfg: Config, recorded: Optional[dict], data: Optional[DataLayout
     size = here or trained
     if size is None:
         where = data.root if data is not None else "ROOT"
-        raise InferenceError(f"spike sensor size unknown: add spike_size: [H, W] to {where}/meta.yaml")
+        raise InferenceError(f"spike sensor size unknown: add spike_size: [H, W] to {where}/meta.yaml (the release "
+                             f"records spike_h/spike_w in GOPRO_Large_spike_seq/config.yaml)")
     if recorded.get("k") not in (None, cfg.DATA.K):
         raise InferenceError(f"the checkpoint records {recorded['k']} spike bins but its config says {cfg.DATA.K}")
     if mean is None or std is None:
