@@ -90,6 +90,9 @@ class DataLayout:
 
     def spike_size(self, given: Optional[Sequence[int]] = None) -> tuple[int, int]:
         """The spike sensor size: ``given`` (DATA.SPIKE_SIZE), else what the dataset's files say."""
+        if not self.root.is_dir():
+            raise DatasetError(f"dataset root {self.root} is not a folder (DATA.ROOT): give the folder holding "
+                               f"train/ and val/, or the release's GOPRO_Large/ and GOPRO_Large_spike_seq/")
         size = given if given is not None else self.recorded_spike_size()
         if size is None:
             raise DatasetError(

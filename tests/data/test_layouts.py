@@ -64,6 +64,7 @@ def test_spike_size_comes_from_the_release_config(gopro_copy):
     config.unlink()
     (gopro_copy / "meta.yaml").unlink()
     expect_error(gopro_copy, "spike sensor size unknown", "DATA.SPIKE_SIZE", str(config))
+    expect_error(gopro_copy / "nowhere", str(gopro_copy / "nowhere"), "is not a folder (DATA.ROOT)")
 
 
 def test_bad_data_errors_name_the_file_in_the_release(gopro_copy):
