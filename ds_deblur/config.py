@@ -57,18 +57,23 @@ class NormConfig:
 
 @dataclass
 class DataConfig:
-    ROOT: str = doc("", "dataset root holding {train,val}/SEQ/{blur,sharp,spike}; required")
+    ROOT: str = doc("", "dataset root: {train,val}/SEQ/{blur,sharp,spike}, or the GoPro spike release (GOPRO_Large + "
+                                 "GOPRO_Large_spike_seq); required")
     TRAIN_SPLIT: str = doc("train", "sub-folder of ROOT with the training sequences")
     VAL_SPLIT: str = doc("val", "sub-folder of ROOT with the validation sequences")
     CLIP_LEN: int = doc(5, "consecutive frames per training clip (T)")
     CROP_SIZE: int = doc(256, "square training crop in RGB pixels; a multiple of 8")
     K: int = doc(32, "spike voxel bins per exposure (channels of spike_vox); also read as DATA.NUM_VOXEL_BINS")
-    SPIKE_SIZE: Optional[list[int]] = doc(None, "spike sensor [H, W]; null = read ROOT/meta.yaml")
+    SPIKE_SIZE: Optional[list[int]] = doc(None, "spike sensor [H, W]; null = ROOT/meta.yaml or the release's config.yaml")
     USE_PRECOMPUTED_VOXELS: bool = doc(False, "read SEQ/spike_vox/*.npy (ds_deblur.data.prepare) instead of .dat")
     NORM: NormConfig = section(NormConfig, "voxel normalisation")
     HFLIP: bool = doc(True, "random horizontal flip of training clips")
     VFLIP: bool = doc(False, "random vertical flip of training clips")
     VAL_MAX_FRAMES: Optional[int] = doc(None, "validate at most this many frames per sequence; null = all")
+    SPIKE_ROOT: Optional[str] = doc(None, "separate spike tree SPLIT/SEQ/spike (+ config.yaml); null = the one in ROOT")
+    SPIKE_DIR: str = doc("spike", "a sequence's folder of .dat spike streams")
+    VOXEL_CACHE_DIRNAME: str = doc("spike_vox", "a sequence's voxel cache folder (python -m ds_deblur.data.prepare)")
+    IMAGE_EXTS: list[str] = doc([".png"], "extensions of the frame files in blur/ and sharp/ that count")
 
     def validate(self) -> None:
         _require(bool(self.ROOT), "DATA.ROOT", "is missing: set it in the YAML or with --set DATA.ROOT=/path/to/data")
@@ -83,6 +88,10 @@ class DataConfig:
         self.NORM.validate()
         if self.VAL_MAX_FRAMES is not None:
             _require(self.VAL_MAX_FRAMES >= 1, "DATA.VAL_MAX_FRAMES", f"must be >= 1, got {self.VAL_MAX_FRAMES}")
+        _require(bool(self.IMAGE_EXTS) and all(e.startswith(".") for e in self.IMAGE_EXTS), "DATA.IMAGE_EXTS",
+                 f"must list extensions with their dot, e.g. ['.png'], got {self.IMAGE_EXTS}")
+        _require(bool(self.SPIKE_DIR) and self.SPIKE_DIR != self.VOXEL_CACHE_DIRNAME, "DATA.SPIKE_DIR",
+                 f"must be a folder name other than DATA.VOXEL_CACHE_DIRNAME, got {self.SPIKE_DIR!r}")
 
 
 @dataclass

@@ -1,4 +1,5 @@
-"""Validation metrics: PSNR on RGB and on Y, SSIM on Y, and a per-frame accumulator reduced across ranks.
+"""Validation metrics: PSNR on RGB and on Y, SSIM on RGB and on Y, a per-frame accumulator reduced across ranks,
+and the published evaluation protocol.
 
 Conventions (those of BasicSR's ``calculate_psnr`` / ``calculate_ssim`` with ``test_y_channel=True``, no border
 crop), on images in [0, 1] shaped ``(..., C, H, W)``; every leading index is one frame and values are per frame:
@@ -9,9 +10,18 @@ crop), on images in [0, 1] shaped ``(..., C, H, W)``; every leading index is one
   100 dB, a finite value that averages and all-reduces safely, where ``inf`` would swallow a whole mean.
 - SSIM (Wang et al. 2004): Gaussian window 11x11, sigma 1.5, K1 = 0.01, K2 = 0.03, "valid" filtering (no padding:
   the SSIM map is (H-10) x (W-10)), averaged over the map; no MATLAB-style downsampling of large images.
-  Computed on a single channel (use ``ssim_y`` for RGB). Frames must be at least 11x11.
+  Computed on a single channel (``ssim_y`` and ``ssim_rgb`` take RGB). Frames must be at least 11x11.
 
 Everything is computed in float64 on the input's device.
+
+The published protocol (VRT's ``main_test_vrt.py`` with KAIR's ``calculate_psnr``/``calculate_ssim``/``bgr2ycbcr``,
+what the papers built on VRT report): the restored frame as written to disk (clamp to [0, 1], x255, round to
+8 bits) against the 8-bit sharp frame, border 0; PSNR and SSIM on RGB (SSIM averaged over the three channels) and
+on Y (from the 8-bit frames, not rounded again); the mean over each sequence's frames, then the mean over
+sequences (``protocol_scores``, ``sequence_means``). On [0, 1] images holding k/255 values these are the functions
+here: PSNR, and SSIM with its constants scaled by the data range, do not change when every value is multiplied by
+255. Two deliberate differences: KAIR rounds Y through float32 (changes below 1e-4 dB), and identical frames
+score 100 dB here where KAIR gives ``inf``.
 """
 
 from __future__ import annotations
@@ -90,6 +100,44 @@ def ssim(pred: torch.Tensor, target: torch.Tensor, data_range: float = 1.0) -> t
 def ssim_y(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """SSIM on the Y channel of [0, 1] RGB frames, per frame (N,)."""
     return ssim(rgb_to_y(pred.to(torch.float64)), rgb_to_y(target.to(torch.float64)))
+
+
+def ssim_rgb(pred: torch.Tensor, target: torch.Tensor, data_range: float = 1.0) -> torch.Tensor:
+    """SSIM per frame (N,) of ``(..., C, H, W)`` images: the mean of each channel's SSIM (KAIR's RGB SSIM)."""
+    _check_pair(pred, target)
+    x, y = _frames(pred), _frames(target)
+    n, c = x.shape[:2]
+    per_channel = ssim(x.reshape(n * c, 1, *x.shape[2:]), y.reshape(n * c, 1, *y.shape[2:]), data_range)
+    return per_channel.view(n, c).mean(dim=1)
+
+
+PROTOCOL_NAMES = ("psnr_rgb", "ssim_rgb", "psnr_y", "ssim_y")
+
+
+@torch.no_grad()
+def protocol_scores(pred: torch.Tensor, target: torch.Tensor) -> dict[str, float]:
+    """The published protocol's four figures for one frame pair ``(3, H, W)`` (or ``(1, 3, H, W)``) in [0, 1]; pass
+    the 8-bit frames as written (``k / 255``), as the protocol scores what is on disk."""
+    pred, target = pred.reshape(1, *pred.shape[-3:]), target.reshape(1, *target.shape[-3:])
+    return {"psnr_rgb": psnr(pred, target).item(), "ssim_rgb": ssim_rgb(pred, target).item(),
+            "psnr_y": psnr_y(pred, target).item(), "ssim_y": ssim_y(pred, target).item()}
+
+
+def sequence_means(frames: list[dict], names: tuple[str, ...] = PROTOCOL_NAMES, prefix: str = "") -> dict:
+    """The protocol's averaging of per-frame records ``{"seq", prefix + name, ...}``: ``sequences`` maps each
+    sequence (in first-seen order) to its frame count and the mean of each name over its frames; ``overall`` is
+    the mean of those per-sequence means over the sequences (every sequence weighs the same, whatever its length)."""
+    groups: dict[str, list[dict]] = {}
+    for record in frames:
+        groups.setdefault(record["seq"], []).append(record)
+    sequences = {seq: {"frames": len(records), **{name: _mean([r[prefix + name] for r in records]) for name in names}}
+                 for seq, records in groups.items()}
+    overall = {name: _mean([values[name] for values in sequences.values()]) for name in names}
+    return {"sequences": sequences, "overall": overall}
+
+
+def _mean(values: list[float]) -> float:
+    return sum(values) / len(values)
 
 
 class MetricSums:

@@ -2,12 +2,13 @@
 blended with smooth weights, crop back. Validation and inference share it."""
 from __future__ import annotations
 
-from typing import Callable, Optional
+from typing import Callable, Optional, Union
 
 import torch
 import torch.nn.functional as F
 
 Forward = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+Size = Union[int, tuple[int, int]]  # square, or (height, width)
 
 
 def pad_to_multiple(x: torch.Tensor, multiple: int) -> torch.Tensor:
@@ -37,25 +38,30 @@ def blend_ramp(tile: int, overlap: int, device: torch.device) -> torch.Tensor:
     return edge.clamp(max=1.0)
 
 
+def _pair(size: Size) -> tuple[int, int]:
+    return (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
+
+
 def restore(forward: Forward, blur: torch.Tensor, spike: torch.Tensor, multiple: int,
-            tile: Optional[int] = None, overlap: int = 32) -> torch.Tensor:
+            tile: Optional[Size] = None, overlap: Size = 32) -> torch.Tensor:
     """Deblur (B,T,3,H,W) with spikes (B,T,K,H,W) -> (B,T,3,H,W) in float32.
 
-    ``tile=None`` runs whole frames (padded). Otherwise tiles of ``tile`` pixels (a multiple of ``multiple``)
-    overlapping by ``overlap`` run one at a time, so activation memory depends on the tile, not the frame."""
+    ``tile=None`` runs whole frames (padded). Otherwise tiles of ``tile`` pixels (square, or (height, width); each
+    a multiple of ``multiple``) overlapping by ``overlap`` (likewise) run one at a time, so activation memory
+    depends on the tile, not the frame. A tile at least as large as the padded frame runs it whole."""
     h, w = blur.shape[-2:]
     blur_p, spike_p = pad_to_multiple(blur, multiple), pad_to_multiple(spike, multiple)
-    if tile is None or (tile >= blur_p.shape[-2] and tile >= blur_p.shape[-1]):
-        return forward(blur_p, spike_p).float()[..., :h, :w]
-    if tile % multiple:
-        raise ValueError(f"tile size {tile} must be a multiple of {multiple}, what the model's windows need")
     hp, wp = blur_p.shape[-2:]
-    th, tw = min(tile, hp), min(tile, wp)
+    if tile is None or (_pair(tile)[0] >= hp and _pair(tile)[1] >= wp):
+        return forward(blur_p, spike_p).float()[..., :h, :w]
+    if any(t % multiple for t in _pair(tile)):
+        raise ValueError(f"tile size {tile} must be a multiple of {multiple}, what the model's windows need")
+    (th, tw), (oh, ow) = [min(t, n) for t, n in zip(_pair(tile), (hp, wp))], _pair(overlap)
     out = torch.zeros(blur_p.shape, dtype=torch.float32, device=blur.device)
     weight = torch.zeros((hp, wp), dtype=torch.float32, device=blur.device)
-    ramp = blend_ramp(th, overlap, blur.device)[:, None] * blend_ramp(tw, overlap, blur.device)[None, :]
-    for y in tile_starts(hp, th, overlap):
-        for x in tile_starts(wp, tw, overlap):
+    ramp = blend_ramp(th, oh, blur.device)[:, None] * blend_ramp(tw, ow, blur.device)[None, :]
+    for y in tile_starts(hp, th, oh):
+        for x in tile_starts(wp, tw, ow):
             window = (..., slice(y, y + th), slice(x, x + tw))
             out[window] += forward(blur_p[window], spike_p[window]).float() * ramp
             weight[y:y + th, x:x + tw] += ramp

@@ -3,7 +3,6 @@ state-dict listing of its model."""
 from __future__ import annotations
 
 import warnings
-from dataclasses import fields
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -11,23 +10,16 @@ import torch
 import yaml
 from torch.optim.lr_scheduler import CosineAnnealingLR, LinearLR, LRScheduler, SequentialLR
 
-from ds_deblur.config import Config, DataConfig, load_config
+from ds_deblur.config import Config, load_config
 
 HERE = Path(__file__).resolve().parent
 REFERENCE_CONFIG = HERE / "svrt_vrt_spike_baseline.yaml"  # the original's configs/deblur/vrt_spike_baseline.yaml
 REFERENCE_STATE_DICT = HERE / "models" / "svrt_base_state_dict.json"  # its model's state_dict for that config
-# The data-layout keys of the reference are another issue's (14): until the schema has them, they are dropped.
-DATA_LAYOUT_KEYS = ("SPIKE_DIR", "VOXEL_CACHE_DIRNAME", "IMAGE_EXTS")
 
 
 def reference_raw(path: Path = REFERENCE_CONFIG) -> dict:
-    """A config file of the original's as a dict, less the data-layout keys this schema does not read yet."""
-    raw = yaml.safe_load(Path(path).read_text())
-    known = {f.name for f in fields(DataConfig)}
-    for key in DATA_LAYOUT_KEYS:
-        if key not in known:
-            raw["DATA"].pop(key, None)
-    return raw
+    """A config file of the original's, as a dict."""
+    return yaml.safe_load(Path(path).read_text())
 
 
 def write_reference_copy(dest: Path) -> Path:

@@ -64,7 +64,8 @@ def original(data, tmp_path_factory):
 def scheduled_lrs(data, tmp_path) -> list[float]:
     """The original schedule's LR at each optimizer step of the whole run, from torch's own schedulers."""
     cfg = config_for(data, tmp_path, SETS)
-    return lrs_of(*torch_schedule(cfg.TRAIN.OPTIM.LR, cfg.TRAIN.SCHED.WARMUP_STEPS, TOTAL), TOTAL)
+    sched = cfg.TRAIN.SCHED
+    return lrs_of(*torch_schedule(cfg.TRAIN.OPTIM.LR, sched.WARMUP_STEPS, TOTAL, sched.MIN_LR), TOTAL)
 
 
 @pytest.mark.dist

@@ -5,6 +5,7 @@ memory      per-rank parameter, gradient, master-weight and optimizer bytes held
 checkpoint  save/load speed against one torch.save; single-file converter and weights export against zero_to_fp32
 data        training-loader clips/s against what the training step consumes; .dat -> voxel MB/s
 model       forward and forward+backward time and peak memory of the presets, activation checkpointing on/off
+infer       time per frame and peak memory of python -m ds_deblur.infer on 1280x720 frames, tiny and base, tiled
 
 Each prints a table and writes JSON holding the machine, versions, settings and every raw timing.
 """

@@ -1,5 +1,6 @@
-"""data: clips/s of the training loader (tiny and base shapes, ``.dat`` and voxel cache, 0 and 2 workers) against
-the clips/s one rank's training step consumes, and ``.dat`` -> voxel MB/s (``ds_deblur.data.throughput``).
+"""data: clips/s of the training loader (tiny shape, and base at the real GoPro spike size: 720x1280 RGB, 360x640 x 64
+spike streams, crop 256; ``.dat`` and voxel cache; 0, 2 and 4 workers) with the bytes read per clip, against the
+clips/s one rank's training step consumes, and ``.dat`` -> voxel MB/s (``ds_deblur.data.throughput``).
 
 Consumption is measured here for tiny (forward+backward of the model at the loader's shape, one rank). For base
 on a CPU, where its training step does not fit, the reference is the original trainer's 0.5 samples/s on 3 GPUs
@@ -21,7 +22,7 @@ ORIGINAL_PER_GPU = 0.5 / 3  # clips/s per GPU of the original torchrun/AMP loop 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batches", type=positive_int, default=30, help="timed batches per loader configuration")
-    parser.add_argument("--workers", type=int, nargs="+", default=[0, 2], help="loader worker counts")
+    parser.add_argument("--workers", type=int, nargs="+", default=[0, 2, 4], help="loader worker counts")
     parser.add_argument("--threads", type=positive_int, default=1,
                         help="torch threads of this process (1: as each rank runs on a shared CPU)")
 

@@ -1,42 +1,45 @@
 """Validate a whole dataset and print a summary.
 
     python -m ds_deblur.data.check ROOT [--spike-size H W] [--k 32] [--clip-len 5] [--crop-size 0]
-                                        [--splits train val] [--voxel-cache]
+                                        [--splits train val] [--voxel-cache] [--spike-root DIR]
 
-Checks everything dataset construction checks (``layout.scan_split``) and, unlike it, every PNG's chunk CRCs
-(PIL ``verify``: catches truncated or corrupted files without decoding them). Exit status 0 when the dataset is
-usable, 1 when any problem was found (each listed with its sequence and file), 2 for bad arguments.
+ROOT is the unified layout or the GoPro spike release (``ROOT/GOPRO_Large`` + ``ROOT/GOPRO_Large_spike_seq``,
+whose ``test`` split stands in for ``val``). Checks everything dataset construction checks (``layout.scan_split``)
+and, unlike it, every PNG's chunk CRCs (PIL ``verify``: catches truncated or corrupted files without decoding
+them). Exit status 0 when the dataset is usable, 1 when any problem was found (each listed with its sequence and
+file), 2 for bad arguments.
 """
 from __future__ import annotations
 
 import argparse
 import sys
 from collections import Counter
-from pathlib import Path
 from typing import Optional, Sequence
 
 from .errors import DatasetError
-from .layout import SplitScan, resolve_spike_size, scan_split
+from .layout import Root, SplitScan, scan_split
+from .roots import add_layout_arguments, layout_options, open_layout
 from .voxel import STATS_FILE
 
 
-def check(root: str, splits: Sequence[str], spike_size: Optional[Sequence[int]], k: int, clip_len: int,
+def check(root: Root, splits: Sequence[str], spike_size: Optional[Sequence[int]], k: int, clip_len: int,
           crop_size: int, voxel_cache: bool) -> list[str]:
-    """Print the summary of ``root`` and return every problem found."""
+    """Print the summary of ``root`` (a path or a ``roots.DataLayout``) and return every problem found."""
+    layout = open_layout(root)
+    print(f"dataset {layout.root} ({layout.describe()})")
     try:
-        size = resolve_spike_size(root, spike_size)
+        size = layout.spike_size(spike_size)
     except DatasetError as err:
-        print(f"dataset {root}")
         return [str(err)]
-    scans = [scan_split(root, split, size, k=k, min_frames=clip_len, min_size=crop_size if split == splits[0] else 0,
-                        voxel_cache=voxel_cache, verify_png=True) for split in splits]
-    print(f"dataset {root}\nspike size {size[0]}x{size[1]}, K={k}, clip length {clip_len}"
+    scans = [scan_split(layout, split, size, k=k, min_frames=clip_len, voxel_cache=voxel_cache, verify_png=True,
+                        min_size=crop_size if split == splits[0] else 0) for split in splits]
+    print(f"spike size {size[0]}x{size[1]}, K={k}, clip length {clip_len}"
           f"{', reading the voxel cache' if voxel_cache else ''}")
     print(f"{'split':<10}{'sequences':>10}{'frames':>8}  {'rgb sizes':<20}spike frames/exposure")
     for scan in scans:
         print(_row(scan))
-    stats = Path(root) / STATS_FILE
-    print(f"{STATS_FILE}: {'present' if stats.is_file() else 'missing (run python -m ds_deblur.data.prepare ROOT)'}")
+    stats = layout.stats_dir / STATS_FILE
+    print(f"{stats}: {'present' if stats.is_file() else 'missing (run python -m ds_deblur.data.prepare ROOT)'}")
     return [problem for scan in scans for problem in scan.problems]
 
 
@@ -52,7 +55,7 @@ def _row(scan: SplitScan) -> str:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m ds_deblur.data.check", description=__doc__.split("\n\n")[0])
-    parser.add_argument("root", help="dataset root with train/ and val/")
+    parser.add_argument("root", help="dataset root: train/ and val/, or the release's GOPRO_Large*/ folders")
     parser.add_argument("--spike-size", type=int, nargs=2, metavar=("H", "W"),
                         help="spike sensor size (default: spike_size in ROOT/meta.yaml)")
     parser.add_argument("--k", type=int, default=32, help="voxel bins: each .dat needs at least K frames")
@@ -60,9 +63,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--crop-size", type=int, default=0, help="training frames must be at least this big")
     parser.add_argument("--splits", nargs="+", default=["train", "val"], help="splits to check (first = training)")
     parser.add_argument("--voxel-cache", action="store_true", help="check SEQ/spike_vox/*.npy instead of .dat")
+    add_layout_arguments(parser)
     args = parser.parse_args(argv)
-    problems = check(args.root, args.splits, args.spike_size, args.k, args.clip_len, args.crop_size,
-                     args.voxel_cache)
+    problems = check(open_layout(args.root, layout_options(args)), args.splits, args.spike_size, args.k,
+                     args.clip_len, args.crop_size, args.voxel_cache)
     if problems:
         listing = "\n  - ".join(problems)
         print(f"{len(problems)} problem(s) found:\n  - {listing}")

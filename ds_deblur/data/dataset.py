@@ -7,19 +7,18 @@ of ``clip_len`` (those frames then appear in two clips; ``meta['frames']`` says 
 """
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from typing import Optional, Sequence, Union
 
 import numpy as np
 import torch
-from PIL import Image
 from torch.utils.data import Dataset
 
-from .errors import DatasetError
-from .layout import SequenceInfo, resolve_spike_size, scan_split
+from .images import read_rgb
+from .layout import Root, SequenceInfo, scan_split
+from .roots import open_layout
 from .sampler import SampleKey
-from .voxel import Window, resample_window, voxelize_dat
+from .voxel import Window, read_voxel_window, resample_window, sensor_window, voxelize_dat
 
 AUGMENT_STREAM = 1  # keeps augmentation seeds apart from the sampler's (seed, epoch) permutation stream
 
@@ -49,11 +48,12 @@ class SpikeDeblurDataset(Dataset):
     Construction validates the split (see ``layout.scan_split``) and raises ``DatasetError`` listing every
     problem. Only paths are kept in memory, so worker processes share nothing that grows."""
 
-    def __init__(self, root: Union[str, os.PathLike], split: str, options: ClipOptions, *, training: bool,
+    def __init__(self, root: Root, split: str, options: ClipOptions, *, training: bool,
                  spike_size: Optional[Sequence[int]] = None) -> None:
         self.root, self.split, self.options, self.training = root, split, options, training
-        self.spike_size = resolve_spike_size(root, spike_size)
-        scan = scan_split(root, split, self.spike_size, k=options.k, min_frames=options.clip_len,
+        layout = open_layout(root)
+        self.spike_size = layout.spike_size(spike_size)
+        scan = scan_split(layout, split, self.spike_size, k=options.k, min_frames=options.clip_len,
                           min_size=options.crop_size if training and options.crop_size else 0,
                           voxel_cache=options.use_voxel_cache)
         scan.raise_if_bad()
@@ -119,31 +119,21 @@ class SpikeDeblurDataset(Dataset):
 
     @staticmethod
     def _images(paths: list, size: tuple[int, int], window: Window, flip: tuple[slice, slice]) -> torch.Tensor:
-        """The window of each PNG, flipped, as float32 (T, 3, h, w) in [0, 1]. Stays in numpy (one uint8 copy,
+        """The window of each frame, flipped, as float32 (T, 3, h, w) in [0, 1]. Stays in numpy (one uint8 copy,
         one float pass): torch's intra-op threads only slow such small copies down in the main process."""
-        top, left, height, width = window
-        crops = []
-        for path in paths:
-            try:
-                with Image.open(path) as img:
-                    array = np.asarray(img.convert("RGB"))
-            except (OSError, ValueError, SyntaxError) as err:
-                raise DatasetError(f"cannot read PNG {path} ({err}); "
-                                   f"check the dataset with python -m ds_deblur.data.check ROOT") from err
-            if array.shape[:2] != size:
-                raise DatasetError(f"{path} is {array.shape[0]}x{array.shape[1]}, expected {size[0]}x{size[1]} "
-                                   f"like the rest of its sequence")
-            crops.append(array[top:top + height, left:left + width][flip])
+        crops = [read_rgb(path, size, window)[flip] for path in paths]
         clip = np.stack(crops).transpose(0, 3, 1, 2).astype(np.float32, order="C")
         clip /= 255.0
         return torch.from_numpy(clip)
 
     def _voxel(self, seq: SequenceInfo, i: int, window: Window, hflip: bool, vflip: bool) -> np.ndarray:
+        """The window's normalised spike voxel: only the part of the stream under the window is read and resized."""
+        sensor = sensor_window(self.spike_size, seq.size, window)
         if self.options.use_voxel_cache:
-            vox = np.load(seq.voxel(i), mmap_mode="r")
+            vox = read_voxel_window(seq.voxel(i), sensor.box)
         else:
-            vox = voxelize_dat(seq.spike(i), self.spike_size, self.options.k)
-        out = resample_window(vox, seq.size, window, hflip, vflip)
+            vox = voxelize_dat(seq.spike(i), self.spike_size, self.options.k, sensor.box)
+        out = resample_window(vox, seq.size, window, hflip, vflip, sensor)
         out -= self.options.mean
         out /= self.options.std
         return out

@@ -1,8 +1,9 @@
-"""Dataset layout on disk (DESIGN §4) and its validation.
+"""A dataset's sequences on disk (DESIGN §4) and their validation.
 
-``ROOT/{train,val}/SEQ/{blur,sharp}/NNNNNN.png``, ``SEQ/spike/NNNNNN.dat`` (the spike frames of that blurry
-frame's exposure), optional cache ``SEQ/spike_vox/NNNNNN.npy``, and ``ROOT/meta.yaml`` (written by the
-synthetic generator; for real data ``spike_size`` may live there or in ``DATA.SPIKE_SIZE``).
+Each sequence has ``blur/`` and ``sharp/`` frames (``DATA.IMAGE_EXTS``, PNG by default) and, per frame, the spike
+stream of its exposure ``spike/STEM.dat`` (optional cache ``spike_vox/STEM.npy``), paired by file stem: the
+original trainer's ``NNNNNN`` or GoPro's own frame numbers, which need not start at 0 or 1. Where the frames and
+the spike folders live (the unified layout or the GoPro spike release) is ``roots.DataLayout``'s business.
 
 ``scan_split`` collects every problem instead of stopping at the first, so that ``check`` can report them all
 and a dataset can refuse to start with a message that names each bad sequence and file.
@@ -10,40 +11,49 @@ and a dataset can refuse to start with a message that names each bad sequence an
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Optional, Sequence, Union
 
 import numpy as np
-import yaml
 from PIL import Image
 
 from .errors import DatasetError
+from .roots import META_FILE, DataLayout, LayoutOptions, SequenceDirs, open_layout, read_meta
 from .spike_io import dat_frame_count
 
-META_FILE = "meta.yaml"
-SPIKE_DIR, VOXEL_DIR = "spike", "spike_vox"
+SPIKE_DIR, VOXEL_DIR = LayoutOptions.spike_dir, LayoutOptions.voxel_dir
+Root = Union[str, os.PathLike, DataLayout]
+
+__all__ = ["META_FILE", "SPIKE_DIR", "VOXEL_DIR", "ScanRules", "SequenceInfo", "SplitScan", "frame_files",
+           "read_meta", "resolve_spike_size", "scan_split"]
 
 
 @dataclass(frozen=True)
 class SequenceInfo:
-    """One validated sequence: its folder, frame stems in order and RGB size (H, W)."""
+    """One validated sequence: its name, frames folder, frame stems in order, RGB size (H, W), the file names of
+    its blur and sharp frames, and its folder in the spike tree with the spike and voxel cache folder names."""
     name: str
     path: Path
     frames: tuple[str, ...]
     size: tuple[int, int]
+    blur_files: tuple[str, ...]
+    sharp_files: tuple[str, ...]
+    spike_path: Path
+    spike_dir: str = SPIKE_DIR
+    voxel_dir: str = VOXEL_DIR
 
     def blur(self, i: int) -> Path:
-        return self.path / "blur" / f"{self.frames[i]}.png"
+        return self.path / "blur" / self.blur_files[i]
 
     def sharp(self, i: int) -> Path:
-        return self.path / "sharp" / f"{self.frames[i]}.png"
+        return self.path / "sharp" / self.sharp_files[i]
 
     def spike(self, i: int) -> Path:
-        return self.path / SPIKE_DIR / f"{self.frames[i]}.dat"
+        return self.spike_path / self.spike_dir / f"{self.frames[i]}.dat"
 
     def voxel(self, i: int) -> Path:
-        return self.path / VOXEL_DIR / f"{self.frames[i]}.npy"
+        return self.spike_path / self.voxel_dir / f"{self.frames[i]}.npy"
 
 
 @dataclass
@@ -62,39 +72,48 @@ class SplitScan:
                                f"`python -m ds_deblur.data.check ROOT` lists every problem of the dataset.")
 
 
-def read_meta(root: os.PathLike) -> dict:
-    """``ROOT/meta.yaml`` as a dict ({} when there is none)."""
-    path = Path(root) / META_FILE
-    if not path.is_file():
-        return {}
-    data = yaml.safe_load(path.read_text())
-    if not isinstance(data, dict):
-        raise DatasetError(f"{path}: expected a YAML mapping, got {type(data).__name__}")
-    return data
+def resolve_spike_size(root: Root, spike_size: Optional[Sequence[int]] = None) -> tuple[int, int]:
+    """The spike sensor size: ``spike_size`` (DATA.SPIKE_SIZE) if given, else what the dataset records
+    (``meta.yaml``'s spike_size, or the release's ``config.yaml`` spike_h/spike_w)."""
+    return open_layout(root).spike_size(spike_size)
 
 
-def resolve_spike_size(root: os.PathLike, spike_size: Optional[Sequence[int]] = None) -> tuple[int, int]:
-    """The spike sensor size: ``spike_size`` (DATA.SPIKE_SIZE) if given, else ``spike_size`` in meta.yaml."""
-    if spike_size is None:
-        spike_size = read_meta(root).get("spike_size")
-    if spike_size is None:
-        raise DatasetError(f"spike sensor size unknown for {root}: set DATA.SPIKE_SIZE: [H, W] (e.g. [250, 400] "
-                           f"for the real camera, [360, 640] for GoPro-spike) or add spike_size to {root}/{META_FILE}")
-    if len(spike_size) != 2 or min(spike_size) <= 0:
-        raise DatasetError(f"spike size must be [H, W] with positive sizes, got {spike_size}")
-    return int(spike_size[0]), int(spike_size[1])
+def frame_order(stem: str) -> tuple:
+    """Sort key of frame stems: numbers by value (``9`` before ``10`` even without zero padding), then names."""
+    return (0, int(stem), stem) if stem.isdigit() else (1, 0, stem)
 
 
-def png_size(path: Path, verify: bool) -> tuple[int, int]:
-    """(H, W) of a PNG from its header; ``verify`` also checks every chunk's CRC (reads the whole file).
-    Raises OSError or ValueError (PIL's errors) when the file is not a readable PNG."""
+def frame_files(folder: Path, exts: Sequence[str]) -> tuple[dict[str, str], list[str]]:
+    """{stem: file name} of the frames in ``folder`` with one of ``exts`` (case-insensitive), in frame order, and
+    the names of files whose stem another frame file already has (``000001.png`` beside ``000001.jpg``)."""
+    files: dict[str, str] = {}
+    clashes = []
+    wanted = {e.lower() for e in exts}
+    for path in sorted(folder.iterdir()) if folder.is_dir() else []:
+        if path.suffix.lower() in wanted and path.is_file():
+            if path.stem in files:
+                clashes.append(path.name)
+            else:
+                files[path.stem] = path.name
+    return {stem: files[stem] for stem in sorted(files, key=frame_order)}, clashes
+
+
+def image_size(path: Path, verify: bool) -> tuple[int, int]:
+    """(H, W) of a frame file from its header; ``verify`` also checks its integrity (PNG: every chunk's CRC; reads
+    the whole file). Raises OSError or ValueError (PIL's errors) when the file is not a readable image of the
+    format its extension names."""
     with Image.open(path) as img:
-        if img.format != "PNG":
+        if path.suffix.lower() == ".png" and img.format != "PNG":
             raise ValueError(f"is a {img.format} file, not a PNG")
         width, height = img.size
         if verify:
             img.verify()
     return height, width
+
+
+def file_kind(path: Path) -> str:
+    """What a frame file is called in messages: ``PNG`` for ``.png`` (the usual case), ``image`` otherwise."""
+    return "PNG" if path.suffix.lower() == ".png" else "image"
 
 
 @dataclass(frozen=True)
@@ -108,48 +127,56 @@ class ScanRules:
     verify_png: bool = False
 
 
-def scan_split(root: os.PathLike, split: str, spike_size: Sequence[int], *, k: int, min_frames: int = 1,
+def scan_split(root: Root, split: str, spike_size: Sequence[int], *, k: int, min_frames: int = 1,
                min_size: int = 0, voxel_cache: bool = False, verify_png: bool = False) -> SplitScan:
-    """Validate ``root/split`` and index it. Checks: the split has sequences; each sequence has blur and sharp
-    PNGs with the same names, all readable and of one size (at least ``min_size`` on each side); at least
-    ``min_frames`` frames; a spike ``.dat`` (or with ``voxel_cache`` a ``.npy`` of shape (k, H, W)) per frame;
-    ``.dat`` sizes a whole number of frames, at least ``k`` of them. PNGs are checked from their headers, or
-    with ``verify_png`` also by their chunk CRCs (reads every file: slower, catches truncated files)."""
+    """Validate ``split`` of the dataset at ``root`` (a path, or a ``DataLayout`` for the release layout and
+    named folders) and index it. Checks: the split has sequences; each sequence has blur and sharp frames with the
+    same stems, all readable and of one size (at least ``min_size`` on each side); at least ``min_frames`` frames;
+    a spike ``.dat`` (or with ``voxel_cache`` a ``.npy`` of shape (k, H, W)) per frame; ``.dat`` sizes a whole
+    number of frames, at least ``k`` of them. Frames are checked from their headers, or with ``verify_png`` also
+    by their integrity (PNG chunk CRCs: reads every file, slower, catches truncated files)."""
+    layout = open_layout(root)
     rules = ScanRules((int(spike_size[0]), int(spike_size[1])), k, min_frames, min_size, voxel_cache, verify_png)
-    split_dir = Path(root) / split
-    scan = SplitScan(split, [], [], [])
-    seq_dirs = sorted(p for p in split_dir.iterdir() if p.is_dir()) if split_dir.is_dir() else []
-    if not seq_dirs:
+    split_dir = layout.frames_dir(split)
+    scan = SplitScan(layout.split_name(split), [], [], [])
+    seqs = layout.sequences(split)
+    if not seqs:
         what = "has no sequence folders" if split_dir.is_dir() else "does not exist"
-        scan.problems.append(f"{split_dir} {what} (empty split; expected {split_dir}/SEQ/{{blur,sharp,spike}})")
+        scan.problems.append(f"{split_dir} {what} (empty split; expected {split_dir}/SEQ/{{blur,sharp}} with "
+                             f"{layout.spikes_dir(split)}/SEQ/{layout.options.spike_dir})")
         return scan
-    for seq_dir in seq_dirs:
+    for seq in seqs:
         before = len(scan.problems)
-        info = _scan_sequence(seq_dir, scan, rules)
+        info = _scan_sequence(seq, scan, rules, layout.options)
         if info is not None and len(scan.problems) == before:
             scan.sequences.append(info)
     return scan
 
 
-def _scan_sequence(seq_dir: Path, scan: SplitScan, rules: ScanRules) -> Optional[SequenceInfo]:
-    label = f"{scan.split}/{seq_dir.name}"
+def _scan_sequence(seq: SequenceDirs, scan: SplitScan, rules: ScanRules,
+                   options: LayoutOptions) -> Optional[SequenceInfo]:
+    label = f"{scan.split}/{seq.name}"
     problems = scan.problems
-    stems = {}
+    files = {}
     for kind in ("blur", "sharp"):
-        folder = seq_dir / kind
-        stems[kind] = sorted(p.stem for p in folder.glob("*.png")) if folder.is_dir() else []
-        if not stems[kind]:
-            problems.append(f"{label}: no PNG frames in {folder}")
-    if not stems["blur"] or not stems["sharp"]:
+        folder = seq.frames / kind
+        files[kind], clashes = frame_files(folder, options.image_exts)
+        if clashes:
+            problems.append(f"{label}: {', '.join(clashes[:5])} in {folder} share their stem with another frame "
+                            f"file; keep one file per frame")
+        if not files[kind]:
+            problems.append(f"{label}: no frames ({'/'.join(options.image_exts)}) in {folder}")
+    if not files["blur"] or not files["sharp"]:
         return None
-    if stems["blur"] != stems["sharp"]:
-        problems.append(_mismatch(label, stems["blur"], stems["sharp"]))
+    if files["blur"].keys() != files["sharp"].keys():
+        problems.append(_mismatch(label, files["blur"], files["sharp"]))
         return None
-    frames = tuple(stems["blur"])
+    frames = tuple(files["blur"])
     if len(frames) < rules.min_frames:
         problems.append(f"{label}: {len(frames)} frames, fewer than a clip of {rules.min_frames} (DATA.CLIP_LEN)")
-    info = SequenceInfo(seq_dir.name, seq_dir, frames, (0, 0))
-    size = _check_pngs(info, label, problems, rules.verify_png)
+    info = SequenceInfo(seq.name, seq.frames, frames, (0, 0), tuple(files["blur"].values()),
+                        tuple(files["sharp"].values()), seq.spikes, options.spike_dir, options.voxel_dir)
+    size = _check_images(info, label, problems, rules.verify_png)
     if size is None:
         return None
     if min(size) < rules.min_size:
@@ -162,31 +189,31 @@ def _scan_sequence(seq_dir: Path, scan: SplitScan, rules: ScanRules) -> Optional
             count = _check_dat(info.spike(i), label, problems, rules.spike_size, rules.k)
             if count is not None:
                 scan.spike_frames.append(count)
-    return SequenceInfo(seq_dir.name, seq_dir, frames, size)
+    return replace(info, size=size)
 
 
-def _mismatch(label: str, blur: list[str], sharp: list[str]) -> str:
-    only_blur = sorted(set(blur) - set(sharp))
-    only_sharp = sorted(set(sharp) - set(blur))
+def _mismatch(label: str, blur: dict[str, str], sharp: dict[str, str]) -> str:
+    only_blur = sorted(set(blur) - set(sharp), key=frame_order)
+    only_sharp = sorted(set(sharp) - set(blur), key=frame_order)
     parts = [f"{label}: blur has {len(blur)} frames, sharp has {len(sharp)}"]
     if only_blur:
-        parts.append(f"missing in sharp: {', '.join(s + '.png' for s in only_blur[:5])}")
+        parts.append(f"missing in sharp: {', '.join(blur[s] for s in only_blur[:5])}")
     if only_sharp:
-        parts.append(f"missing in blur: {', '.join(s + '.png' for s in only_sharp[:5])}")
+        parts.append(f"missing in blur: {', '.join(sharp[s] for s in only_sharp[:5])}")
     return "; ".join(parts)
 
 
-def _check_pngs(info: SequenceInfo, label: str, problems: list[str], verify: bool) -> Optional[tuple[int, int]]:
-    """The common size of all blur/sharp PNGs of a sequence, recording unreadable or odd-sized ones."""
+def _check_images(info: SequenceInfo, label: str, problems: list[str], verify: bool) -> Optional[tuple[int, int]]:
+    """The common size of all blur/sharp frames of a sequence, recording unreadable or odd-sized ones."""
     ref: Optional[tuple[int, int]] = None
     ref_path = None
     ok = True
     for i in range(len(info.frames)):
         for path in (info.blur(i), info.sharp(i)):
             try:
-                size = png_size(path, verify)
+                size = image_size(path, verify)
             except (OSError, ValueError, SyntaxError) as err:
-                problems.append(f"{label}: unreadable PNG {path} ({err})")
+                problems.append(f"{label}: unreadable {file_kind(path)} {path} ({err})")
                 ok = False
                 continue
             if ref is None:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import random
 import warnings
 from functools import partial
-from pathlib import Path
 from typing import Any, Iterator, Optional, Sequence
 
 import numpy as np
@@ -14,7 +13,8 @@ from torch.utils.data import DataLoader
 
 from .dataset import ClipOptions, SpikeDeblurDataset
 from .errors import DatasetError
-from .layout import SPIKE_DIR, VOXEL_DIR, resolve_spike_size
+from .layout import Root
+from .roots import DataLayout, LayoutOptions, open_layout
 from .sampler import ResumableDistributedSampler
 from .voxel import STATS_FILE, VoxelStats, compute_stats, voxelize_dat
 
@@ -51,48 +51,52 @@ class ResumableDataLoader(DataLoader):
         self.sampler.load_state_dict(state)
 
 
-def load_voxel_stats(root: str, k: int, spike_size: Sequence[int], mean: Optional[float] = None,
+def load_voxel_stats(root: Root, k: int, spike_size: Sequence[int], mean: Optional[float] = None,
                      std: Optional[float] = None, train_split: str = "train") -> tuple[float, float]:
-    """(mean, std) for voxel normalisation: the given values (DATA.NORM.MEAN/STD), else ROOT/voxel_stats.json,
-    else estimated from a few training frames with a warning (run ``prepare`` to compute them properly)."""
+    """(mean, std) for voxel normalisation: the given values (DATA.NORM.MEAN/STD), else the dataset's
+    voxel_stats.json (at the spike tree's root), else estimated from a few training frames with a warning (run
+    ``prepare`` to compute them properly)."""
     if (mean is None) != (std is None):
         raise DatasetError("set both DATA.NORM.MEAN and DATA.NORM.STD (DATA.SPIKE_MEAN/STD), or neither (to use "
                            "voxel_stats.json)")
     if mean is not None:
         return float(mean), float(std)
-    stats = VoxelStats.load(root, k)
+    layout = open_layout(root)
+    stats = VoxelStats.load(layout.stats_dir, k)
     if stats is None:
-        stats = _estimate_stats(Path(root), train_split, k, spike_size)
-        warnings.warn(f"{Path(root) / STATS_FILE} not found: voxel mean/std estimated from {stats.frames} "
+        stats = _estimate_stats(layout, train_split, k, spike_size)
+        warnings.warn(f"{layout.stats_dir / STATS_FILE} not found: voxel mean/std estimated from {stats.frames} "
                       f"training frames ({stats.mean:.4f}, {stats.std:.4f}); run "
-                      f"`python -m ds_deblur.data.prepare {root}` to compute them over the whole train split",
+                      f"`python -m ds_deblur.data.prepare {layout.root}` to compute them over the whole train split",
                       stacklevel=2)
     return stats.mean, stats.std
 
 
-def _estimate_stats(root: Path, split: str, k: int, spike_size: Sequence[int]) -> VoxelStats:
-    files = sorted((root / split).glob(f"*/{SPIKE_DIR}/*.dat"))
+def _estimate_stats(layout: DataLayout, split: str, k: int, spike_size: Sequence[int]) -> VoxelStats:
+    spikes, names = layout.spikes_dir(split), layout.options
+    files = sorted(spikes.glob(f"*/{names.spike_dir}/*.dat"))
     load = partial(voxelize_dat, spike_size=spike_size, k=k)
     if not files:
-        files = sorted((root / split).glob(f"*/{VOXEL_DIR}/*.npy"))
+        files = sorted(spikes.glob(f"*/{names.voxel_dir}/*.npy"))
         load = np.load
     if not files:
-        raise DatasetError(f"no spike files under {root / split}/*/{SPIKE_DIR} to compute voxel statistics from")
+        raise DatasetError(f"no spike files under {spikes}/*/{names.spike_dir} to compute voxel statistics from")
     picks = np.linspace(0, len(files) - 1, min(FALLBACK_STATS_FRAMES, len(files))).round().astype(int)
     return compute_stats((load(files[i]) for i in picks), k, split)
 
 
 def build_datasets(cfg: Any) -> tuple[SpikeDeblurDataset, SpikeDeblurDataset]:
-    """Train and validation datasets from the config's DATA section (and SEED)."""
+    """Train and validation datasets from the config's DATA section (and SEED), in either layout (``roots``)."""
     data = cfg.DATA
-    spike_size = resolve_spike_size(data.ROOT, data.SPIKE_SIZE)
-    mean, std = load_voxel_stats(data.ROOT, data.K, spike_size, data.NORM.MEAN, data.NORM.STD, data.TRAIN_SPLIT)
+    layout = open_layout(data.ROOT, LayoutOptions.from_config(data))
+    spike_size = layout.spike_size(data.SPIKE_SIZE)
+    mean, std = load_voxel_stats(layout, data.K, spike_size, data.NORM.MEAN, data.NORM.STD, data.TRAIN_SPLIT)
     common = dict(clip_len=data.CLIP_LEN, k=data.K, mean=mean, std=std,
                   use_voxel_cache=data.USE_PRECOMPUTED_VOXELS, seed=cfg.SEED)
     train = ClipOptions(crop_size=data.CROP_SIZE, hflip=data.HFLIP, vflip=data.VFLIP, **common)
     val = ClipOptions(max_frames=data.VAL_MAX_FRAMES, **common)
-    return (SpikeDeblurDataset(data.ROOT, data.TRAIN_SPLIT, train, training=True, spike_size=spike_size),
-            SpikeDeblurDataset(data.ROOT, data.VAL_SPLIT, val, training=False, spike_size=spike_size))
+    return (SpikeDeblurDataset(layout, data.TRAIN_SPLIT, train, training=True, spike_size=spike_size),
+            SpikeDeblurDataset(layout, data.VAL_SPLIT, val, training=False, spike_size=spike_size))
 
 
 def build_dataloaders(cfg: Any, rank: int = 0, world_size: int = 1,

@@ -45,6 +45,40 @@ def open_dat(path: PathLike, spike_size: Sequence[int]) -> np.ndarray:
     return np.memmap(path, dtype=np.uint8, mode="r", shape=(count, frame_bytes(spike_size)))
 
 
+def read_bands(path: PathLike, offsets: Sequence[int], length: int) -> np.ndarray:
+    """``length`` bytes at each of ``offsets`` in ``path``: uint8 (len(offsets), length). Plain unbuffered reads
+    of exactly those bytes (nothing else of the file is touched, and the OS's read counters see every byte)."""
+    out = np.empty((len(offsets), length), np.uint8)
+    with open(path, "rb", buffering=0) as f:
+        for row, offset in zip(out, offsets):
+            f.seek(offset)
+            if f.readinto(row) != length:
+                raise DatasetError(f"{path}: ended before byte {offset + length}; the file is truncated")
+    return out
+
+
+def rows_are_bytes(spike_size: Sequence[int]) -> bool:
+    """Whether each row of a frame takes whole bytes (W a multiple of 8, as for every real sensor), so that a
+    window's rows and columns can be read and unpacked alone."""
+    return spike_size[1] % 8 == 0
+
+
+def read_dat_window(path: PathLike, spike_size: Sequence[int], rows: tuple[int, int],
+                    columns: tuple[int, int]) -> np.ndarray:
+    """The packed bits of rows [r0, r1) and the bytes holding columns [c0, c1) of every frame, upright: uint8
+    (N, r1 - r0, B) whose bit 0 is column ``8 * (c0 // 8)``. Reads only those rows of each frame (the rows are
+    stored upside down, so the window's rows are ``H - r1 .. H - r0`` in the file). Needs ``rows_are_bytes``."""
+    height, width = spike_size
+    if not rows_are_bytes(spike_size):
+        raise ValueError(f"rows of a {height}x{width} frame do not take whole bytes; read whole frames instead")
+    row_bytes, per_frame = width // 8, frame_bytes(spike_size)
+    (r0, r1), (c0, c1) = rows, columns
+    first = (height - r1) * row_bytes
+    offsets = [n * per_frame + first for n in range(dat_frame_count(path, spike_size))]
+    band = read_bands(path, offsets, (r1 - r0) * row_bytes).reshape(len(offsets), r1 - r0, row_bytes)
+    return band[:, ::-1, c0 // 8:(c1 + 7) // 8]
+
+
 def unpack_frames(packed: np.ndarray, spike_size: Sequence[int]) -> np.ndarray:
     """Packed frames (N, frame_bytes) -> bool spikes (N, H, W), upright (rows un-flipped)."""
     height, width = spike_size

@@ -1,7 +1,17 @@
 """Synthetic spike-camera deblurring data in the real layout (DESIGN §4).
 
     python -m ds_deblur.data.synth --out DIR [--seed 0 --train-seqs 6 --val-seqs 2 --frames 16
-                                              --size 96x96 --spike-size 96x96 --subframes 32 --threshold 2.0]
+                                              --size 96x96 --spike-size 96x96 --subframes 32 --threshold 2.0
+                                              --layout unified|gopro]
+
+``--layout unified`` (the default) writes ``DIR/{train,val}/seq_NNN/{blur,sharp,spike}/NNNNNN.*`` and
+``DIR/meta.yaml``. ``--layout gopro`` writes the published GoPro spike release's layout:
+``DIR/GOPRO_Large/{train,test}/GOPRnnnn_00_00/{blur,sharp}/NNNNNN.png``,
+``DIR/GOPRO_Large_spike_seq/{train,test}/GOPRnnnn_00_00/spike/NNNNNN.dat`` and
+``DIR/GOPRO_Large_spike_seq/config.yaml`` (spike_h, spike_w, is_labeled, labeled_data_type), with frame numbers
+that do not start at 0 or 1 (sequence i of a split starts at 47 + 40 i, as GoPro's own numbers need not), the
+``--val-seqs`` sequences as ``test``, and the card ``DIR/meta.yaml``. Both layouts hold the same pixels and spikes
+for the same arguments; only the names differ.
 
 Each sequence is a procedural scene: a textured background seen by a moving camera and several textured
 objects, each on its own path. Exposure f spans time [f, f+1) (exposures are back to back) and is rendered at
@@ -27,9 +37,11 @@ import yaml
 from PIL import Image, ImageDraw
 
 from .layout import META_FILE, SPIKE_DIR
+from .roots import RELEASE_CONFIG, RELEASE_FRAMES, RELEASE_SPIKES, VALIDATION_SPLIT
 from .spike_io import write_dat
 
 GREY = np.array([0.299, 0.587, 0.114], np.float32)  # ITU-R BT.601 luma weights
+LAYOUTS = ("unified", "gopro")
 
 
 @dataclass(frozen=True)
@@ -196,10 +208,13 @@ class SpikeSensor:
         return fired
 
 
-def render_sequence(seq_dir: Path, rng: np.random.Generator, cfg: SynthConfig) -> None:
-    """Render one sequence's blur/sharp PNGs and spike .dat files into ``seq_dir``."""
-    for sub in ("blur", "sharp", SPIKE_DIR):
-        (seq_dir / sub).mkdir(parents=True)
+def render_sequence(seq_dir: Path, rng: np.random.Generator, cfg: SynthConfig, spike_dir: Optional[Path] = None,
+                    first: int = 0) -> None:
+    """Render one sequence's blur/sharp PNGs into ``seq_dir`` and its spike .dat files into ``spike_dir/spike``
+    (default ``seq_dir``), numbering frames from ``first``."""
+    spike_dir = seq_dir if spike_dir is None else spike_dir
+    for folder in (seq_dir / "blur", seq_dir / "sharp", spike_dir / SPIKE_DIR):
+        folder.mkdir(parents=True)
     scene = Scene(rng, cfg)
     sensor = SpikeSensor(rng, cfg.sensor_size(), cfg.threshold)
     steps = (np.arange(cfg.subframes) + 0.5) / cfg.subframes
@@ -210,30 +225,41 @@ def render_sequence(seq_dir: Path, rng: np.random.Generator, cfg: SynthConfig) -
             sub = scene.render(f + dt)
             blur += sub
             spikes[i] = sensor.expose(sub)
-        name = f"{f:06d}"
+        name = f"{first + f:06d}"
         _save_png(seq_dir / "blur" / f"{name}.png", blur / cfg.subframes)
         _save_png(seq_dir / "sharp" / f"{name}.png", scene.render(f + 0.5))
-        write_dat(seq_dir / SPIKE_DIR / f"{name}.dat", spikes)
+        write_dat(spike_dir / SPIKE_DIR / f"{name}.dat", spikes)
 
 
 def _save_png(path: Path, image: np.ndarray) -> None:
     Image.fromarray(np.round(np.clip(image, 0, 1) * 255).astype(np.uint8)).save(path)
 
 
-def generate(out: str | Path, cfg: SynthConfig = SynthConfig()) -> Path:
-    """Write a synthetic dataset to ``out`` (which must not exist or be empty); returns its path."""
+def generate(out: str | Path, cfg: SynthConfig = SynthConfig(), layout: str = "unified") -> Path:
+    """Write a synthetic dataset in ``layout`` (``unified`` or ``gopro``, see the module doc) to ``out`` (which
+    must not exist or be empty); returns its path."""
     out = Path(out)
+    if layout not in LAYOUTS:
+        raise ValueError(f"layout must be one of {LAYOUTS}, got {layout!r}")
     if out.exists() and any(out.iterdir()):
         raise FileExistsError(f"{out} is not empty; choose a new --out folder or delete it first")
     for split_id, (split, count) in enumerate((("train", cfg.train_seqs), ("val", cfg.val_seqs))):
         for s in range(count):
-            # Each sequence's RNG depends only on (seed, split, index): adding sequences leaves the others alone.
-            render_sequence(out / split / f"seq_{s:03d}", np.random.default_rng([cfg.seed, split_id, s]), cfg)
-    _write_meta(out, cfg)
+            # Each sequence's RNG depends only on (seed, split, index): adding sequences leaves the others alone,
+            # and both layouts hold the same data.
+            rng = np.random.default_rng([cfg.seed, split_id, s])
+            if layout == "unified":
+                render_sequence(out / split / f"seq_{s:03d}", rng, cfg)
+                continue
+            split, name = VALIDATION_SPLIT if split == "val" else split, f"GOPR{372 + 100 * split_id + s:04d}_00_00"
+            render_sequence(out / RELEASE_FRAMES / split / name, rng, cfg, out / RELEASE_SPIKES / split / name,
+                            first=47 + 40 * s)
+    _write_meta(out, cfg, layout)
     return out
 
 
-def _write_meta(out: Path, cfg: SynthConfig) -> None:
+def _write_meta(out: Path, cfg: SynthConfig, layout: str) -> None:
+    val = "val" if layout == "unified" else VALIDATION_SPLIT
     card = {
         "generator": "ds_deblur.data.synth",
         "seed": cfg.seed,
@@ -243,12 +269,18 @@ def _write_meta(out: Path, cfg: SynthConfig) -> None:
         "subframes": cfg.subframes,
         "spike_frames_per_exposure": cfg.subframes,
         "splits": {"train": {"sequences": cfg.train_seqs, "frames_per_sequence": cfg.frames},
-                   "val": {"sequences": cfg.val_seqs, "frames_per_sequence": cfg.frames}},
+                   val: {"sequences": cfg.val_seqs, "frames_per_sequence": cfg.frames}},
         "blur": "mean of the exposure's sub-frames",
         "sharp": "scene at the exposure centre",
         "spike_model": "integrate-and-fire on BT.601 grey, accumulator uniform in [0, threshold) at start",
         "settings": {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(cfg).items()},
     }
+    if layout != "unified":
+        card["layout"] = layout
+        # The release's own description of its spike streams, with this dataset's sensor size.
+        height, width = cfg.sensor_size()
+        release = {"spike_h": height, "spike_w": width, "is_labeled": False, "labeled_data_type": [0]}
+        (out / RELEASE_SPIKES / RELEASE_CONFIG).write_text(yaml.safe_dump(release, sort_keys=False))
     (out / META_FILE).write_text(yaml.safe_dump(card, sort_keys=False))
 
 
@@ -274,6 +306,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--spike-size", type=_size, default=None, help="spike sensor size HxW (default: --size)")
     parser.add_argument("--subframes", type=int, default=d.subframes, help="sub-frames (= spike frames) per exposure")
     parser.add_argument("--threshold", type=float, default=d.threshold, help="integrate-and-fire threshold")
+    parser.add_argument("--layout", choices=LAYOUTS, default="unified",
+                        help="unified: ROOT/{train,val}/SEQ/...; gopro: the GoPro spike release's folders "
+                             "(GOPRO_Large, GOPRO_Large_spike_seq with config.yaml; --val-seqs become 'test')")
     args = parser.parse_args(argv)
     if args.spike_size and (args.spike_size[0] > args.size[0] or args.spike_size[1] > args.size[1]):
         parser.error(f"--spike-size {args.spike_size} must not exceed --size {args.size}")
@@ -282,12 +317,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     cfg = SynthConfig(seed=args.seed, train_seqs=args.train_seqs, val_seqs=args.val_seqs, frames=args.frames,
                       size=args.size, spike_size=args.spike_size, subframes=args.subframes, threshold=args.threshold)
     try:
-        root = generate(args.out, cfg)
+        root = generate(args.out, cfg, args.layout)
     except FileExistsError as err:
         print(f"[synth] error: {err}", file=sys.stderr)
         return 1
-    print(f"[synth] wrote {cfg.train_seqs} train + {cfg.val_seqs} val sequences of {cfg.frames} frames "
-          f"({cfg.size[0]}x{cfg.size[1]} RGB, {cfg.sensor_size()[0]}x{cfg.sensor_size()[1]} spikes) to {root}")
+    val = "val" if args.layout == "unified" else VALIDATION_SPLIT
+    print(f"[synth] wrote {cfg.train_seqs} train + {cfg.val_seqs} {val} sequences of {cfg.frames} frames "
+          f"({cfg.size[0]}x{cfg.size[1]} RGB, {cfg.sensor_size()[0]}x{cfg.sensor_size()[1]} spikes) to {root} "
+          f"({args.layout} layout)")
     return 0
 
 

@@ -38,6 +38,17 @@ def tiny_copy(tiny_root: Path, tmp_path: Path) -> Path:
     return Path(shutil.copytree(tiny_root, tmp_path / "copy"))
 
 
+@pytest.fixture(scope="session")
+def gopro_root(tmp_path_factory) -> Path:
+    """The tiny dataset in the GoPro spike release's layout (same pixels and spikes as ``tiny_root``); read-only."""
+    return generate(tmp_path_factory.mktemp("synth") / "gopro", TINY, layout="gopro")
+
+
+@pytest.fixture
+def gopro_copy(gopro_root: Path, tmp_path: Path) -> Path:
+    return Path(shutil.copytree(gopro_root, tmp_path / "gopro"))
+
+
 @pytest.fixture
 def make_cfg() -> Callable[..., Config]:
     def build(root: Path, data: dict | None = None, **sections) -> Config:

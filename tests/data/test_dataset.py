@@ -4,7 +4,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from ds_deblur.data import ClipOptions, SampleKey, SpikeDeblurDataset, read_dat
-from ds_deblur.data.voxel import voxelize_dat
+from ds_deblur.data.voxel import resample_window, voxelize_dat
 
 
 K = 4  # voxel bins; both test sets have 8 spike frames per exposure
@@ -107,3 +107,18 @@ def test_spike_read_matches_dat_contents(tiny_root, tiny):
     vox = voxelize_dat(tiny_root / "val/seq_000/spike/000000.dat", tiny.synth.spike_size, K)
     assert np.expm1(vox).sum() == pytest.approx(spikes.sum(), rel=1e-5)
     assert ds[0]["spike_vox"].shape == (3, K, *tiny.synth.size)
+
+
+def test_upsampled_spikes_of_a_training_crop_equal_the_whole_frame_path(tiny_root, tiny):
+    # The loader reads and resizes only the part of the sensor under the crop; the result is what voxelizing the
+    # whole stream, resizing it to the RGB size and cropping gives, bit for bit.
+    ds = SpikeDeblurDataset(tiny_root, "train", options(), training=True)
+    for position in range(6):
+        key = SampleKey(position, 1, position, False)
+        window, hflip, vflip = ds._augmentation(key, tiny.synth.size)
+        sample = ds[key]
+        for t, f in enumerate(sample["meta"]["frames"].tolist()):
+            dat = tiny_root / "train" / sample["meta"]["seq"] / "spike" / f"{f:06d}.dat"
+            full = voxelize_dat(dat, tiny.synth.spike_size, K)
+            expected = (resample_window(full, tiny.synth.size, window, hflip, vflip) - 0.5) / 2.0
+            np.testing.assert_array_equal(sample["spike_vox"][t].numpy(), expected)

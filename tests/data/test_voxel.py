@@ -4,7 +4,7 @@ import torch
 import torch.nn.functional as F
 
 from ds_deblur.data import DatasetError, VoxelStats, resample_window, voxelize_dat, write_dat
-from ds_deblur.data.voxel import bin_edges, compute_stats
+from ds_deblur.data.voxel import bin_edges, compute_stats, read_voxel_window, sensor_window
 
 
 def test_binning_against_hand_computation(tmp_path):
@@ -71,3 +71,49 @@ def test_flipped_window_is_the_window_flipped(in_size):
         expected = plain[:, ::-1 if vflip else 1, ::-1 if hflip else 1]
         assert got.flags.c_contiguous
         np.testing.assert_allclose(got, expected, rtol=1e-6)
+
+
+@pytest.mark.parametrize("spike_size,box", [((16, 40), (3, 5, 7, 17)), ((16, 40), (0, 0, 16, 40)),
+                                            ((16, 40), (9, 33, 7, 7)), ((9, 13), (2, 3, 4, 5))])
+def test_a_box_of_a_dat_equals_the_crop_of_the_whole_voxel(tmp_path, spike_size, box):
+    # 16x40: rows of 5 bytes, read alone; 9x13: rows straddle bytes, whole frames are counted then cropped.
+    path = tmp_path / "s.dat"
+    write_dat(path, np.random.default_rng(4).random((10, *spike_size)) < 0.3)
+    top, left, height, width = box
+    full = voxelize_dat(path, spike_size, 4)
+    got = voxelize_dat(path, spike_size, 4, box)
+    assert got.dtype == np.float32 and got.shape == (4, height, width)
+    np.testing.assert_array_equal(got, full[:, top:top + height, left:left + width])
+
+
+@pytest.mark.parametrize("dtype", ["float16", "float32"])
+def test_a_box_of_the_voxel_cache_equals_its_crop(tmp_path, dtype):
+    vox = np.random.default_rng(5).random((3, 12, 20)).astype(dtype)
+    np.save(tmp_path / "v.npy", vox)
+    got = read_voxel_window(tmp_path / "v.npy", (2, 7, 5, 9))
+    assert got.dtype == np.float32
+    np.testing.assert_array_equal(got, vox[:, 2:7, 7:16].astype(np.float32))
+    np.save(tmp_path / "f.npy", np.asfortranarray(vox))
+    with pytest.raises(DatasetError, match="f.npy.*Fortran order"):
+        read_voxel_window(tmp_path / "f.npy", (0, 0, 2, 2))
+
+
+@pytest.mark.parametrize("in_size,out_size", [((18, 32), (36, 64)), ((25, 40), (36, 64)), ((8, 10), (8, 10)),
+                                              ((16, 20), (8, 10))])
+def test_the_window_from_the_sensor_part_equals_the_window_from_the_whole_grid(in_size, out_size):
+    vox = np.random.default_rng(6).random((2, *in_size), dtype=np.float32)
+    for window in [(0, 0, *out_size), (1, 2, 5, 6), (out_size[0] - 5, out_size[1] - 4, 5, 4)]:
+        sensor = sensor_window(in_size, out_size, window)
+        top, left, height, width = sensor.box
+        part = vox[:, top:top + height, left:left + width]
+        for hflip, vflip in [(False, False), (True, False), (False, True)]:
+            np.testing.assert_array_equal(resample_window(part, out_size, window, hflip, vflip, sensor),
+                                          resample_window(vox, out_size, window, hflip, vflip))
+
+
+def test_a_training_crop_reads_a_sixteenth_of_a_gopro_sensor():
+    # GoPro spike: 360x640 spikes under 720x1280 RGB; a 256-pixel crop covers 128x128 spike pixels plus the taps.
+    sensor = sensor_window((360, 640), (720, 1280), (301, 517, 256, 256))
+    top, left, height, width = sensor.box
+    assert sensor.size == (360, 640) and height <= 130 and width <= 130
+    assert top <= 301 // 2 and top + height >= (301 + 256) // 2 and left <= 517 // 2

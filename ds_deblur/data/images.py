@@ -1,0 +1,34 @@
+"""Reading frames: an RGB image, or just a window of it, as uint8, with errors that name the file."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+from PIL import Image
+
+from .errors import DatasetError
+from .layout import file_kind
+
+Window = tuple[int, int, int, int]  # top, left, height, width
+
+
+def read_rgb(path: Path, size: tuple[int, int], window: Optional[Window] = None) -> np.ndarray:
+    """The frame at ``path`` (which must be ``size`` (H, W)), or its ``window``, as uint8 (h, w, 3). Decoding a
+    PNG is whole-frame work whatever the window; everything after it (mode conversion, copies) touches only the
+    window."""
+    try:
+        with Image.open(path) as img:
+            img.load()
+            if (img.height, img.width) != tuple(size):
+                raise DatasetError(f"{path} is {img.height}x{img.width}, expected {size[0]}x{size[1]} like the "
+                                   f"rest of its sequence")
+            if window is not None:
+                top, left, height, width = window
+                img = img.crop((left, top, left + width, top + height))
+            return np.asarray(img if img.mode == "RGB" else img.convert("RGB"))
+    except (OSError, ValueError, SyntaxError) as err:
+        if isinstance(err, DatasetError):
+            raise
+        raise DatasetError(f"cannot read {file_kind(path)} {path} ({err}); "
+                           f"check the dataset with python -m ds_deblur.data.check ROOT") from err
