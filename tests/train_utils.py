@@ -16,7 +16,8 @@ from ds_deblur.data.synth import SynthConfig, generate
 REPO = Path(__file__).resolve().parents[1]
 DEEPSPEED = Path(sys.executable).with_name("deepspeed")
 # 64x64 frames: whole validation frames need no padding for the tiny preset's 64-pixel multiple.
-SYNTH = SynthConfig(seed=5, train_seqs=2, val_seqs=2, frames=5, size=(64, 64), subframes=8, objects=(1, 2))
+SYNTH = SynthConfig.first_generator(seed=5, train_seqs=2, val_seqs=2, frames=5, size=(64, 64), subframes=8,
+                                     objects=(1, 2))
 BASE_SETS = ["MODEL.PRESET=tiny", "DATA.K=4", "DATA.CLIP_LEN=2", "DATA.CROP_SIZE=64", "DATA.SPIKE_MEAN=0.2",
              "DATA.SPIKE_STD=0.4", "DATALOADER.NUM_WORKERS=0", "TRAIN.LR=2e-3", "TRAIN.WARMUP_STEPS=1",
              "TRAIN.TOTAL_STEPS=4", "TRAIN.VAL_EVERY_STEPS=2", "LOG.SAVE_EVERY_STEPS=2", "LOG.LOG_EVERY_STEPS=1",
