@@ -144,6 +144,7 @@ def test_default_spikes_see_sharper_than_the_blurry_frame(tmp_path):
     assert found["threshold_source"] == "meta.yaml" and found["spike_frames"] == 64
     assert max(psnr["tfp_16"], psnr["tfp_32"]) > psnr["blur_grey"] + 0.5
     assert psnr["blur_rgb_sharp_grey"] > psnr["blur_rgb"] + 3.0
+    assert found["sharp_detail_grey_share"] > 0.75  # natural colour: most detail is grey
 
 
 def test_spike_quality_fits_the_threshold_without_a_card(tmp_path, capsys):
