@@ -28,10 +28,11 @@ def make_dataset(root: Path) -> Path:
     return generate(root, SYNTH)
 
 
-def train_command(data: Path, out: Path, ds_json: str, sets=(), ranks: int = 2, extra=()) -> list[str]:
+def train_command(data: Path, out: Path, ds_json: str, sets=(), ranks: int = 2, extra=(),
+                  base_sets=BASE_SETS) -> list[str]:
     script = [str(REPO / "ds_deblur/train.py"), "--config", str(REPO / "ds_configs/tiny_synth.yaml"),
               "--deepspeed_config", ds_json if os.path.isabs(ds_json) else str(REPO / ds_json)]
-    for item in [f"DATA.ROOT={data}", f"LOG.SAVE_DIR={out}", *BASE_SETS, *sets]:
+    for item in [f"DATA.ROOT={data}", f"LOG.SAVE_DIR={out}", *base_sets, *sets]:
         script += ["--set", item]
     script += list(extra)
     if ranks == 0:  # a plain single python process
@@ -40,9 +41,11 @@ def train_command(data: Path, out: Path, ds_json: str, sets=(), ranks: int = 2, 
 
 
 def run_train(data: Path, out: Path, ds_json: str = "ds_configs/cpu_fp32.json", sets=(), ranks: int = 2,
-              extra=(), env: Optional[dict] = None, timeout: int = 600) -> subprocess.CompletedProcess:
+              extra=(), env: Optional[dict] = None, timeout: int = 600,
+              base_sets=BASE_SETS) -> subprocess.CompletedProcess:
+    """The trainer on ``data``; ``base_sets`` () trains ds_configs/tiny_synth.yaml as the demo does."""
     full_env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO), **(env or {})}
-    return subprocess.run(train_command(data, out, ds_json, sets, ranks, extra), cwd=REPO, env=full_env,
+    return subprocess.run(train_command(data, out, ds_json, sets, ranks, extra, base_sets), cwd=REPO, env=full_env,
                           capture_output=True, text=True, timeout=timeout)
 
 
