@@ -135,9 +135,14 @@ class AttnConfig:
 @dataclass
 class FuseConfig(AttnConfig):
     TYPE: str = doc("TemporalCrossAttn", "fusion module; TemporalCrossAttn is the one the model has")
+    FRAME_DISTANCE_PENALTY: float = doc(0.0, "subtracted from the fusion's attention logits per frame between an "
+                                             "RGB frame and a spike frame: 0 = the original (frames told apart by "
+                                             "content only), .inf = each frame fuses its own exposure's spikes")
 
     def validate(self, prefix: str) -> None:
         super().validate(prefix)
+        _require(self.FRAME_DISTANCE_PENALTY >= 0, f"{prefix}.FRAME_DISTANCE_PENALTY",
+                 f"must be >= 0 (or .inf), got {self.FRAME_DISTANCE_PENALTY}")
         _require(self.TYPE in FUSE_TYPES, f"{prefix}.TYPE", f"must be {' or '.join(FUSE_TYPES)} (the only fusion "
                                                             f"this model has), got {self.TYPE!r}")
 

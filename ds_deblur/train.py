@@ -292,7 +292,7 @@ class Trainer:
         if improved:
             self.state.best_psnr, self.state.best_step = metrics["psnr_rgb"], self.state.step
         metrics.update(best_psnr=self.state.best_psnr, best_step=self.state.best_step,
-                       input_psnr_rgb=self.input_metrics["psnr_rgb"])
+                       **{f"input_{name}": self.input_metrics[name] for name in ("psnr_rgb", "psnr_y", "ssim_y")})
         self.log.validation(self.state.step, metrics, visual, self.rank)
         self.last_val = metrics
         if improved:

@@ -9,8 +9,8 @@ import sys
 
 import pytest
 
-from ds_deblur.bench import engine as engine_bench, memory as memory_bench
-from train_utils import REPO
+from ds_deblur.bench import ablation as ablation_bench, engine as engine_bench, memory as memory_bench
+from train_utils import REPO, make_dataset
 
 SMALL = ["--set", "DATA.CLIP_LEN=2", "--set", "DATA.K=4"]
 
@@ -122,3 +122,33 @@ def test_checkpoint_bench_converts_the_tag_it_saved(tmp_path):
     # One save of each kind; the background export really ran (and was waited for between saves).
     assert len(sharded["blocked_before_s"]) == len(sharded["blocked_after_s"]) == 1
     assert len(sharded["background_export_s"]) == 1 and sharded["background_export_s"][0] > 0
+
+
+@pytest.mark.slow
+@pytest.mark.dist
+def test_ablation_bench_trains_with_and_without_the_spike_branch(tmp_path):
+    out = tmp_path / "ablation.json"
+    data = make_dataset(tmp_path / "data")
+    proc = bench("ablation", "--data", str(data), *SMALL, "--set", "TRAIN.TOTAL_STEPS=2", "--set",
+                 "LOG.VAL_EVERY_STEPS=2", "--set", "DATA.NORM.MEAN=0.2", "--set", "DATA.NORM.STD=0.4",
+                 "--original-fusion", "--out", str(out))
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    result = json.loads(out.read_text())
+    runs = result["runs"]
+    assert list(runs) == ["rgb", "rgb+spike", "rgb+spike, original fusion"]
+    assert runs["rgb"]["sets"] == ["MODEL.USE_SPIKE=false"]
+    assert runs["rgb+spike, original fusion"]["sets"][-1] == "MODEL.FUSE.FRAME_DISTANCE_PENALTY=0"
+    for run in runs.values():  # the same validation frames and blurry input for each, each run 2 steps
+        assert run["steps"] == 2 and run["frames"] == runs["rgb"]["frames"] and run["step_time_s"] > 0
+        assert run["input_psnr_rgb"] == result["blurry"]["psnr_rgb"]
+    assert result["spike_gain_db"] == pytest.approx(runs["rgb+spike"]["psnr_rgb"] - runs["rgb"]["psnr_rgb"])
+    assert "spike branch:" in proc.stdout
+
+
+def test_ablation_table_sets_each_run_beside_the_blurry_input():
+    run = {"psnr_rgb": 30.5, "ssim_y": 0.9, "steps": 10, "step_time_s": 1.25}
+    results = {"blurry": {"psnr_rgb": 27.5, "ssim_y": 0.8}, "spike_gain_db": 2.0,
+               "runs": {"rgb": {**run, "psnr_rgb": 28.5}, "rgb+spike": run}}
+    text = ablation_bench.table(results)
+    assert "+1.00" in text and "+3.00" in text and "10 steps, 1.25 s/step" in text
+    assert text.endswith("spike branch: +2.00 dB over RGB only")

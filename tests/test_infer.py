@@ -22,8 +22,8 @@ from ds_deblur.infer import Tiling, main, parse_tiling
 from ds_deblur.metrics import psnr, psnr_y, ssim_y
 from train_utils import REPO, SYNTH, output_of, run_train
 
-FOOTAGE = SynthConfig(seed=9, train_seqs=1, val_seqs=2, frames=7, size=(72, 100), spike_size=(64, 64), subframes=8,
-                      objects=(1, 2))
+FOOTAGE = SynthConfig.first_generator(seed=9, train_seqs=1, val_seqs=2, frames=7, size=(72, 100), spike_size=(64, 64),
+                                       subframes=8, objects=(1, 2))
 
 
 @pytest.fixture(scope="module")

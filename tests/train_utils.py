@@ -16,7 +16,8 @@ from ds_deblur.data.synth import SynthConfig, generate
 REPO = Path(__file__).resolve().parents[1]
 DEEPSPEED = Path(sys.executable).with_name("deepspeed")
 # 64x64 frames: whole validation frames need no padding for the tiny preset's 64-pixel multiple.
-SYNTH = SynthConfig(seed=5, train_seqs=2, val_seqs=2, frames=5, size=(64, 64), subframes=8, objects=(1, 2))
+SYNTH = SynthConfig.first_generator(seed=5, train_seqs=2, val_seqs=2, frames=5, size=(64, 64), subframes=8,
+                                     objects=(1, 2))
 BASE_SETS = ["MODEL.PRESET=tiny", "DATA.K=4", "DATA.CLIP_LEN=2", "DATA.CROP_SIZE=64", "DATA.SPIKE_MEAN=0.2",
              "DATA.SPIKE_STD=0.4", "DATALOADER.NUM_WORKERS=0", "TRAIN.LR=2e-3", "TRAIN.WARMUP_STEPS=1",
              "TRAIN.TOTAL_STEPS=4", "TRAIN.VAL_EVERY_STEPS=2", "LOG.SAVE_EVERY_STEPS=2", "LOG.LOG_EVERY_STEPS=1",
@@ -27,10 +28,11 @@ def make_dataset(root: Path) -> Path:
     return generate(root, SYNTH)
 
 
-def train_command(data: Path, out: Path, ds_json: str, sets=(), ranks: int = 2, extra=()) -> list[str]:
+def train_command(data: Path, out: Path, ds_json: str, sets=(), ranks: int = 2, extra=(),
+                  base_sets=BASE_SETS) -> list[str]:
     script = [str(REPO / "ds_deblur/train.py"), "--config", str(REPO / "ds_configs/tiny_synth.yaml"),
               "--deepspeed_config", ds_json if os.path.isabs(ds_json) else str(REPO / ds_json)]
-    for item in [f"DATA.ROOT={data}", f"LOG.SAVE_DIR={out}", *BASE_SETS, *sets]:
+    for item in [f"DATA.ROOT={data}", f"LOG.SAVE_DIR={out}", *base_sets, *sets]:
         script += ["--set", item]
     script += list(extra)
     if ranks == 0:  # a plain single python process
@@ -39,9 +41,11 @@ def train_command(data: Path, out: Path, ds_json: str, sets=(), ranks: int = 2, 
 
 
 def run_train(data: Path, out: Path, ds_json: str = "ds_configs/cpu_fp32.json", sets=(), ranks: int = 2,
-              extra=(), env: Optional[dict] = None, timeout: int = 600) -> subprocess.CompletedProcess:
+              extra=(), env: Optional[dict] = None, timeout: int = 600,
+              base_sets=BASE_SETS) -> subprocess.CompletedProcess:
+    """The trainer on ``data``; ``base_sets`` () trains ds_configs/tiny_synth.yaml as the demo does."""
     full_env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO), **(env or {})}
-    return subprocess.run(train_command(data, out, ds_json, sets, ranks, extra), cwd=REPO, env=full_env,
+    return subprocess.run(train_command(data, out, ds_json, sets, ranks, extra, base_sets), cwd=REPO, env=full_env,
                           capture_output=True, text=True, timeout=timeout)
 
 

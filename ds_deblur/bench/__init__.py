@@ -6,6 +6,7 @@ checkpoint  save/load speed against one torch.save; single-file converter and we
 data        training-loader clips/s against what the training step consumes; .dat -> voxel MB/s
 model       forward and forward+backward time and peak memory of the presets, activation checkpointing on/off
 infer       time per frame and peak memory of python -m ds_deblur.infer on 1280x720 frames, tiny and base, tiled
+ablation    the demo trained with and without the spike branch: PSNR/SSIM of blurry input, RGB only, RGB + spike
 
 Each prints a table and writes JSON holding the machine, versions, settings and every raw timing.
 """

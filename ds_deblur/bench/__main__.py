@@ -14,7 +14,7 @@ from typing import Optional, Sequence
 from ds_deblur.bench import __doc__ as overview
 from ds_deblur.bench.common import host
 
-NAMES = ("engine", "memory", "checkpoint", "data", "model", "infer")
+NAMES = ("engine", "memory", "checkpoint", "data", "model", "infer", "ablation")
 
 
 def build_parser() -> argparse.ArgumentParser:

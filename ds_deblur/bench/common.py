@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 import torch
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from ds_deblur.distributed import free_port
 
@@ -68,6 +69,15 @@ def positive_int(text: str) -> int:
     return value
 
 
+def add_trainer_arguments(parser: argparse.ArgumentParser, config_help: str) -> None:
+    """--config, --set and --ranks of a benchmark that launches the trainer (the demo's config and world size)."""
+    parser.add_argument("--config", default=str(REPO / "ds_configs/tiny_synth.yaml"), help=config_help)
+    parser.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                        help="config override for every run (repeatable), e.g. TRAIN.TOTAL_STEPS=100")
+    parser.add_argument("--ranks", type=positive_int, default=torch.cuda.device_count() or 2,
+                        help="world size (default: the GPUs, or 2 CPU ranks as the demo)")
+
+
 def rank_env() -> dict:
     """Environment for launched ranks: one torch thread per rank on a CPU-only machine (as the tests run), so
     ranks do not fight over cores; the repository on the path."""
@@ -110,6 +120,13 @@ def measured_child(command: list[str], env: Optional[dict] = None) -> dict:
     if code != 0:
         raise RuntimeError(f"{' '.join(command)} exited {code}:\n{output.decode(errors='replace')[-4000:]}")
     return {"seconds": seconds, "peak_rss_mib": usage.ru_maxrss / 1024}
+
+
+def tb_scalars(tb_dir: Path, tag: str) -> dict[int, float]:
+    """One scalar tag of a run's TensorBoard events: {step: value}."""
+    events = EventAccumulator(str(tb_dir), size_guidance={"scalars": 0})
+    events.Reload()
+    return {event.step: event.value for event in events.Scalars(tag)}
 
 
 def dir_bytes(path: Path) -> int:

@@ -16,10 +16,9 @@ import statistics
 from pathlib import Path
 
 import torch
-from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from ds_deblur.bench.common import (REPO, deepspeed_launcher, ds_json_for_stage, format_table, positive_int,
-                                    run_checked, summary, torchrun)
+from ds_deblur.bench.common import (REPO, add_trainer_arguments, deepspeed_launcher, ds_json_for_stage, format_table,
+                                    positive_int, run_checked, summary, tb_scalars, torchrun)
 from ds_deblur.config import load_config
 from ds_deblur.data.synth import SynthConfig, generate
 
@@ -28,12 +27,7 @@ DDP = "ddp"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", default=str(REPO / "ds_configs/tiny_synth.yaml"),
-                        help="experiment YAML (default: the tiny preset of the CPU demo)")
-    parser.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
-                        help="config override for every run (repeatable)")
-    parser.add_argument("--ranks", type=positive_int, default=torch.cuda.device_count() or 2,
-                        help="world size (default: the GPUs, or 2 CPU ranks)")
+    add_trainer_arguments(parser, "experiment YAML (default: the tiny preset of the CPU demo)")
     parser.add_argument("--rounds", type=positive_int, default=3,
                         help="interleaved rounds (each runs every variant once)")
     parser.add_argument("--steps", type=positive_int, default=8, help="timed optimizer steps per run")
@@ -81,8 +75,8 @@ def _run_trainer(args: argparse.Namespace, sets: list[str], out: Path, stage: in
                  f"LOG.SAVE_EVERY_STEPS={total}", "LOG.LOG_EVERY_STEPS=1", "LOG.EXPORT_SINGLE_FILE=false"]:
         script += ["--set", item]
     run_checked(deepspeed_launcher(args.ranks, REPO / "ds_deblur/train.py", script), out / "log.txt")
-    steps = _scalars(out / "run/tb", "perf/step_time_ms")
-    waits = _scalars(out / "run/tb", "perf/data_time_ms")
+    steps = tb_scalars(out / "run/tb", "perf/step_time_ms")
+    waits = tb_scalars(out / "run/tb", "perf/data_time_ms")
     timed = [s for s in sorted(steps) if s > args.warmup]
     return {"step_time_s": [steps[s] / 1e3 for s in timed], "data_time_s": [waits[s] / 1e3 for s in timed]}
 
@@ -96,12 +90,6 @@ def _run_ddp(args: argparse.Namespace, sets: list[str], out: Path) -> dict:
     run_checked(torchrun(args.ranks, "ds_deblur.bench.ddp_loop", loop), out / "log.txt")
     times = json.loads((out / "times.json").read_text())
     return {"step_time_s": times["step_time_s"], "data_time_s": times["data_time_s"]}
-
-
-def _scalars(tb_dir: Path, tag: str) -> dict[int, float]:
-    events = EventAccumulator(str(tb_dir), size_guidance={"scalars": 0})
-    events.Reload()
-    return {event.step: event.value for event in events.Scalars(tag)}
 
 
 def _summarize(runs: list[dict], variants: list[str], batch: int) -> dict:

@@ -11,6 +11,7 @@ from .errors import DatasetError
 from .layout import file_kind
 
 Window = tuple[int, int, int, int]  # top, left, height, width
+GREY = np.array([0.299, 0.587, 0.114], np.float32)  # ITU-R BT.601 luma weights: the grey a spike sensor sees
 
 
 def read_rgb(path: Path, size: tuple[int, int], window: Optional[Window] = None) -> np.ndarray:

@@ -1,8 +1,9 @@
 """Synthetic spike-camera deblurring data in the real layout (DESIGN §4).
 
     python -m ds_deblur.data.synth --out DIR [--seed 0 --train-seqs 6 --val-seqs 2 --frames 16
-                                              --size 96x96 --spike-size 96x96 --subframes 32 --threshold 2.0
-                                              --layout unified|gopro]
+                                              --size 96x96 --spike-size 96x96 --subframes 64 --threshold 1.0
+                                              --dark-rate 0.00714 --photons 0 --saturation 0.6 --chroma-detail 0.2
+                                              --layout unified|gopro --report]
 
 ``--layout unified`` (the default) writes ``DIR/{train,val}/seq_NNN/{blur,sharp,spike}/NNNNNN.*`` and
 ``DIR/meta.yaml``. ``--layout gopro`` writes the published GoPro spike release's layout:
@@ -11,16 +12,22 @@
 ``DIR/GOPRO_Large_spike_seq/config.yaml`` (spike_h, spike_w, is_labeled, labeled_data_type), with frame numbers
 that do not start at 0 or 1 (sequence i of a split starts at 47 + 40 i, as GoPro's own numbers need not), the
 ``--val-seqs`` sequences as ``test``, and the card ``DIR/meta.yaml``. Both layouts hold the same pixels and spikes
-for the same arguments; only the names differ.
+for the same arguments; only the names differ. ``--report`` then prints what the validation spikes tell on their own
+(``ds_deblur.data.spike_quality``).
 
 Each sequence is a procedural scene: a textured background seen by a moving camera and several textured
-objects, each on its own path. Exposure f spans time [f, f+1) (exposures are back to back) and is rendered at
-S sub-frames, at times f + (i + 0.5) / S. blur = mean of the S sub-frames; sharp = the scene at the exposure's
-centre f + 0.5 (the middle sub-frame when S is odd). The spike stream is an integrate-and-fire model of the
-spike camera with one spike frame per sub-frame: each pixel's accumulator starts uniform in [0, TH), adds the
-sub-frame's grey intensity (in [0, 1]), fires when it reaches TH and then subtracts TH; accumulators carry over
-from one exposure to the next. With a spike size smaller than the RGB size the sensor sees the area-downsampled
-intensity. The same arguments give the same bytes.
+objects, each on its own path; textures have the colour statistics of natural images (``--saturation``,
+``--chroma-detail``: muted colour, fine detail mostly grey). Exposure f spans time [f, f+1) (exposures are back to
+back) and is rendered at S sub-frames, at times f + (i + 0.5) / S. blur = mean of the S sub-frames; sharp = the
+scene at the exposure's centre f + 0.5 (the middle sub-frame when S is odd). The spike stream is an
+integrate-and-fire model of the spike camera with one spike frame per sub-frame (S = 64, as the GoPro spike
+release): each pixel's accumulator starts uniform in [0, TH), adds the sub-frame's grey intensity (in [0, 1]; with
+``--photons`` a Poisson count of photo-electrons), fires when it reaches TH and then subtracts TH; accumulators
+carry over from one exposure to the next; a pixel also fires spuriously with probability ``--dark-rate`` per spike
+frame. TH 1 makes white fire at every spike frame, the most a real camera reads out. With a spike size smaller than
+the RGB size the sensor sees the area-downsampled intensity. The same arguments give the same bytes;
+``SynthConfig.first_generator()`` (``--subframes 32 --threshold 2 --dark-rate 0 --saturation 1 --chroma-detail 1``)
+gives the first generator's data.
 """
 from __future__ import annotations
 
@@ -28,7 +35,7 @@ import argparse
 import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Any, Optional, Sequence
 
 import numpy as np
 import torch
@@ -36,12 +43,14 @@ import torch.nn.functional as F
 import yaml
 from PIL import Image, ImageDraw
 
+from .images import GREY
 from .layout import META_FILE, SPIKE_DIR
 from .roots import RELEASE_CONFIG, RELEASE_FRAMES, RELEASE_SPIKES, VALIDATION_SPLIT
 from .spike_io import write_dat
+from .spike_quality import measure, table
 
-GREY = np.array([0.299, 0.587, 0.114], np.float32)  # ITU-R BT.601 luma weights
 LAYOUTS = ("unified", "gopro")
+CHROMA_SIGMA = 3.0  # Gaussian, in pixels at a 96-pixel frame (scaled with it): finer colour is "detail"
 
 
 @dataclass(frozen=True)
@@ -52,8 +61,22 @@ class SynthConfig:
     frames: int = 16
     size: tuple[int, int] = (96, 96)
     spike_size: Optional[tuple[int, int]] = None  # None = size
-    subframes: int = 32
-    threshold: float = 2.0
+    subframes: int = 64  # spike frames per exposure, as in the GoPro spike release
+    # White (intensity 1) fires about once per spike frame, the most a real camera reads out (the published GoPro
+    # spike simulator's sensor constants give 0.99 per frame against its threshold).
+    threshold: float = 1.0
+    # Spurious spikes per pixel and spike frame: the real sensor's inherent noise (the same simulator: one in
+    # about 140 pixel-frames). 0 = none.
+    dark_rate: float = 1 / 140
+    # Photo-electrons per spike frame at white intensity, for Poisson shot noise; 0 = none (the real sensor
+    # integrates ~10^5 electrons per threshold: shot noise far below the 1-bit quantisation).
+    photons: float = 0.0
+    # Scene colour. Natural scenes are far less colourful than independent random channels and put their fine
+    # detail on the grey axis (photographs: ~90% of the detail energy; random channels: 30%). ``saturation``
+    # scales every texture's colour (its difference from grey), ``chroma_detail`` further scales the colour
+    # finer than CHROMA_SIGMA. 1.0 and 1.0 = the independent colour channels of the first generator.
+    saturation: float = 0.6
+    chroma_detail: float = 0.2
     # Speeds in pixels per exposure at a 96-pixel frame (scaled with the frame size).
     camera_speed: tuple[float, float] = (6.0, 12.0)
     object_speed: tuple[float, float] = (8.0, 16.0)
@@ -61,6 +84,15 @@ class SynthConfig:
 
     def sensor_size(self) -> tuple[int, int]:
         return tuple(self.spike_size or self.size)
+
+    @classmethod
+    def first_generator(cls, **changes: Any) -> "SynthConfig":
+        """The first generator's camera and scenes (32 spike frames per exposure at threshold 2, no noise,
+        independent colour channels) with ``changes``: the same bytes as before the defaults changed."""
+        return cls(**{**FIRST_GENERATOR, **changes})
+
+
+FIRST_GENERATOR = dict(subframes=32, threshold=2.0, dark_rate=0.0, photons=0.0, saturation=1.0, chroma_detail=1.0)
 
 
 def _reflect(x: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
@@ -125,7 +157,30 @@ def _texture(rng: np.random.Generator, height: int, width: int) -> np.ndarray:
     return np.asarray(img, np.float32) / 255.0
 
 
-def _sprite(rng: np.random.Generator, size: int) -> np.ndarray:
+def _gaussian_blur(image: np.ndarray, sigma: float) -> np.ndarray:
+    """(H, W, C) blurred by a Gaussian of ``sigma`` pixels (edges replicated)."""
+    radius = max(1, int(np.ceil(3 * sigma)))
+    taps = torch.exp(-torch.arange(-radius, radius + 1, dtype=torch.float32) ** 2 / (2 * sigma ** 2))
+    row = (taps / taps.sum()).view(1, 1, 1, -1).repeat(image.shape[2], 1, 1, 1)  # one kernel per channel
+    x = torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1), dtype=np.float32))[None]
+    x = F.conv2d(F.pad(x, (radius, radius, 0, 0), mode="replicate"), row, groups=image.shape[2])
+    x = F.conv2d(F.pad(x, (0, 0, radius, radius), mode="replicate"), row.transpose(2, 3), groups=image.shape[2])
+    return x[0].permute(1, 2, 0).numpy()
+
+
+def _natural_colour(rgb: np.ndarray, cfg: SynthConfig, sigma: float) -> np.ndarray:
+    """``rgb`` with its colour (its difference from BT.601 grey) scaled by ``cfg.saturation`` and the part of
+    it finer than ``sigma`` pixels by ``cfg.chroma_detail`` as well; grey unchanged. Both 1 return ``rgb``."""
+    if cfg.saturation == 1.0 and cfg.chroma_detail == 1.0:
+        return rgb
+    grey = (rgb @ GREY)[..., None]
+    colour = rgb - grey
+    coarse = _gaussian_blur(colour, sigma)
+    colour = cfg.saturation * (coarse + cfg.chroma_detail * (colour - coarse))
+    return np.clip(grey + colour, 0, 1).astype(np.float32)
+
+
+def _sprite(rng: np.random.Generator, size: int, cfg: SynthConfig, sigma: float) -> np.ndarray:
     """An object: premultiplied RGBA, an anti-aliased shape with a striped or checked texture, padded with
     transparent rows/columns (one before, two after) so ``_paste`` can shift it by sub-pixel amounts."""
     ss = 4  # supersampling of the shape's edge
@@ -148,8 +203,8 @@ def _sprite(rng: np.random.Generator, size: int) -> np.ndarray:
     pattern = (np.floor(phase) % 2) if rng.random() < 0.5 else (np.floor(xx / period) + np.floor(yy / period)) % 2
     colours = rng.uniform(0.05, 0.95, (2, 3)).astype(np.float32)
     rgb = colours[0] * (1 - pattern[..., None]) + colours[1] * pattern[..., None]
-    rgb = rgb * (0.85 + 0.3 * _noise(rng, size, size, 4))
-    rgba = np.concatenate([np.clip(rgb, 0, 1) * alpha[..., None], alpha[..., None]], axis=2)
+    rgb = _natural_colour(np.clip(rgb * (0.85 + 0.3 * _noise(rng, size, size, 4)), 0, 1), cfg, sigma)
+    rgba = np.concatenate([rgb * alpha[..., None], alpha[..., None]], axis=2)
     return np.pad(rgba, ((1, 2), (1, 2), (0, 0)))
 
 
@@ -160,13 +215,16 @@ class Scene:
         self.height, self.width = cfg.size
         scale = min(cfg.size) / 96.0
         self.margin = int(np.ceil(cfg.camera_speed[1] * scale * 4)) + 2
-        self.background = _texture(rng, self.height + 2 * self.margin + 1, self.width + 2 * self.margin + 1)
+        sigma = CHROMA_SIGMA * scale
+        texture = _texture(rng, self.height + 2 * self.margin + 1, self.width + 2 * self.margin + 1)
+        self.background = _natural_colour(texture, cfg, sigma)
         self.camera = _Trajectory(rng, [0, 0], [2 * self.margin] * 2, rng.uniform(*cfg.camera_speed) * scale)
         self.objects = []
         for _ in range(int(rng.integers(cfg.objects[0], cfg.objects[1] + 1))):
             size = int(rng.uniform(0.2, 0.45) * min(cfg.size))
             lo, hi = [-size / 3] * 2, [self.height - 2 * size / 3, self.width - 2 * size / 3]
-            self.objects.append((_sprite(rng, size), _Trajectory(rng, lo, hi, rng.uniform(*cfg.object_speed) * scale)))
+            sprite = _sprite(rng, size, cfg, sigma)  # before the path: the seed's draws stay in their order
+            self.objects.append((sprite, _Trajectory(rng, lo, hi, rng.uniform(*cfg.object_speed) * scale)))
 
     def render(self, t: float) -> np.ndarray:
         cy, cx = self.camera(t)
@@ -192,19 +250,32 @@ class Scene:
 
 
 class SpikeSensor:
-    """Integrate-and-fire spike camera: one binary spike frame per ``expose`` call."""
+    """Integrate-and-fire spike camera: one binary spike frame per ``expose`` call.
 
-    def __init__(self, rng: np.random.Generator, size: tuple[int, int], threshold: float) -> None:
+    Each pixel adds its grey intensity per spike frame (with ``photons`` > 0: a Poisson count of that many
+    photo-electrons at white, so shot noise) and fires when the sum reaches ``threshold``, which it then
+    subtracts (a self-resetting pixel: what it integrated past the threshold carries over). With ``dark_rate`` > 0
+    a pixel also fires spuriously with that probability per frame, whatever it integrated (the sensor's inherent
+    noise, independent of the light).
+    """
+
+    def __init__(self, rng: np.random.Generator, size: tuple[int, int], threshold: float, dark_rate: float = 0.0,
+                 photons: float = 0.0) -> None:
         self.size, self.threshold = size, threshold
+        self.rng, self.dark_rate, self.photons = rng, dark_rate, photons
         self.accumulator = rng.uniform(0, threshold, size).astype(np.float32)
 
     def expose(self, rgb: np.ndarray) -> np.ndarray:
         grey = rgb @ GREY
         if grey.shape != self.size:
             grey = np.asarray(Image.fromarray(grey, mode="F").resize(self.size[::-1], Image.BOX))
+        if self.photons > 0:
+            grey = (self.rng.poisson(np.clip(grey, 0, None) * self.photons) / self.photons).astype(np.float32)
         self.accumulator += grey
         fired = self.accumulator >= self.threshold
         self.accumulator[fired] -= self.threshold
+        if self.dark_rate > 0:
+            fired |= self.rng.random(self.size) < self.dark_rate
         return fired
 
 
@@ -216,7 +287,7 @@ def render_sequence(seq_dir: Path, rng: np.random.Generator, cfg: SynthConfig, s
     for folder in (seq_dir / "blur", seq_dir / "sharp", spike_dir / SPIKE_DIR):
         folder.mkdir(parents=True)
     scene = Scene(rng, cfg)
-    sensor = SpikeSensor(rng, cfg.sensor_size(), cfg.threshold)
+    sensor = SpikeSensor(rng, cfg.sensor_size(), cfg.threshold, cfg.dark_rate, cfg.photons)
     steps = (np.arange(cfg.subframes) + 0.5) / cfg.subframes
     for f in range(cfg.frames):
         blur = np.zeros((*cfg.size, 3), np.float32)
@@ -305,7 +376,18 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--size", type=_size, default=d.size, help="RGB frame size HxW")
     parser.add_argument("--spike-size", type=_size, default=None, help="spike sensor size HxW (default: --size)")
     parser.add_argument("--subframes", type=int, default=d.subframes, help="sub-frames (= spike frames) per exposure")
-    parser.add_argument("--threshold", type=float, default=d.threshold, help="integrate-and-fire threshold")
+    parser.add_argument("--threshold", type=float, default=d.threshold,
+                        help="integrate-and-fire threshold (white intensity adds 1 per spike frame)")
+    parser.add_argument("--dark-rate", type=float, default=d.dark_rate,
+                        help="spurious spikes per pixel and spike frame (0: none)")
+    parser.add_argument("--photons", type=float, default=d.photons,
+                        help="photo-electrons per spike frame at white, for shot noise (0: none)")
+    parser.add_argument("--saturation", type=float, default=d.saturation,
+                        help="scale of the scenes' colour (1: independent random colour channels)")
+    parser.add_argument("--chroma-detail", type=float, default=d.chroma_detail,
+                        help="further scale of the colour finer than a few pixels (1: as coarse colour)")
+    parser.add_argument("--report", action="store_true",
+                        help="then print what the validation spikes tell on their own (ds_deblur.data.spike_quality)")
     parser.add_argument("--layout", choices=LAYOUTS, default="unified",
                         help="unified: ROOT/{train,val}/SEQ/...; gopro: the GoPro spike release's folders "
                              "(GOPRO_Large, GOPRO_Large_spike_seq with config.yaml; --val-seqs become 'test')")
@@ -314,8 +396,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         parser.error(f"--spike-size {args.spike_size} must not exceed --size {args.size}")
     if min(args.frames, args.subframes, args.train_seqs + args.val_seqs) < 1 or args.threshold <= 0:
         parser.error("--frames, --subframes and the sequence count must be >= 1 and --threshold > 0")
+    if not 0 <= args.dark_rate <= 1 or min(args.photons, args.saturation, args.chroma_detail) < 0:
+        parser.error("--dark-rate must be in [0, 1]; --photons, --saturation and --chroma-detail >= 0")
     cfg = SynthConfig(seed=args.seed, train_seqs=args.train_seqs, val_seqs=args.val_seqs, frames=args.frames,
-                      size=args.size, spike_size=args.spike_size, subframes=args.subframes, threshold=args.threshold)
+                      size=args.size, spike_size=args.spike_size, subframes=args.subframes, threshold=args.threshold,
+                      dark_rate=args.dark_rate, photons=args.photons, saturation=args.saturation,
+                      chroma_detail=args.chroma_detail)
     try:
         root = generate(args.out, cfg, args.layout)
     except FileExistsError as err:
@@ -325,6 +411,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     print(f"[synth] wrote {cfg.train_seqs} train + {cfg.val_seqs} {val} sequences of {cfg.frames} frames "
           f"({cfg.size[0]}x{cfg.size[1]} RGB, {cfg.sensor_size()[0]}x{cfg.sensor_size()[1]} spikes) to {root} "
           f"({args.layout} layout)")
+    if args.report and cfg.val_seqs:
+        print(table(measure(root, "val")))
     return 0
 
 

@@ -37,7 +37,8 @@ class TemporalMHA(nn.Module):
         nn.init.xavier_uniform_(self.in_proj_weight)
         nn.init.zeros_(self.out_proj.bias)
 
-    def forward(self, query: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
+    def forward(self, query: torch.Tensor, context: torch.Tensor, bias: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """``bias`` (T, T), added to the attention logits (query frame, key frame), or None."""
         dim = query.shape[-1]
         if query is context:
             q, k, v = F.linear(query, self.in_proj_weight, self.in_proj_bias).chunk(3, dim=-1)
@@ -46,7 +47,7 @@ class TemporalMHA(nn.Module):
             k, v = F.linear(context, self.in_proj_weight[dim:], self.in_proj_bias[dim:]).chunk(2, dim=-1)
         n, t = query.shape[:2]
         q, k, v = (x.reshape(n, -1, self.heads, dim // self.heads).transpose(1, 2) for x in (q, k, v))
-        out = F.scaled_dot_product_attention(q, k, v)
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=None if bias is None else bias.to(q.dtype))
         return self.out_proj(out.transpose(1, 2).reshape(n, t, dim))
 
 
@@ -120,6 +121,16 @@ class TemporalSelfAttnBlock(PixelTemporalBlock):
         return x + self.mlp(self.ln2(x))
 
 
+def frame_distance_bias(frames: int, penalty: float, device: torch.device) -> Optional[torch.Tensor]:
+    """Attention logit bias (T, T): ``-penalty * |t_query - t_key|``, so that a frame weighs the other frames'
+    tokens down by ``exp(-penalty)`` per frame of distance; ``inf`` keeps each frame to its own. None for 0."""
+    if penalty == 0:
+        return None
+    t = torch.arange(frames, device=device)
+    distance = (t[:, None] - t[None, :]).abs().float()
+    return torch.where(distance == 0, torch.zeros(()), -penalty * distance)  # 0 * inf would be nan
+
+
 class CrossAttention(nn.Module):
     """Holds the multi-head attention of a fusion block as ``attn`` (the original's ``attn.attn`` names)."""
 
@@ -127,8 +138,8 @@ class CrossAttention(nn.Module):
         super().__init__()
         self.attn = TemporalMHA(dim, heads)
 
-    def forward(self, query: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
-        return self.attn(query, context)
+    def forward(self, query: torch.Tensor, context: torch.Tensor, bias: Optional[torch.Tensor] = None) -> torch.Tensor:
+        return self.attn(query, context, bias)
 
 
 class TemporalCrossAttnFuse(PixelTemporalBlock):
@@ -136,12 +147,22 @@ class TemporalCrossAttnFuse(PixelTemporalBlock):
     ``x = x + attn(ln_q(x), ln_kv(spike)); x = x + ffn(ln_ffn(x))`` (the original's ``fuse_blocks.N`` layout).
 
     ``forward(rgb, spike)`` with both ``(B, C, T, H, W)`` returns the fused RGB feature of the same shape.
+
+    Attention has no notion of time: with ``frame_distance_penalty`` 0 (the original) an RGB frame tells the spike
+    features of its own exposure from those of the clip's other frames only by their content, and from the
+    start of training each frame gets about the clip's mean. A positive penalty biases the logits by
+    ``-penalty * |t_rgb - t_spike|`` (``frame_distance_bias``), a prior towards the frame's own exposure; no
+    parameters, so checkpoints load either way.
     """
 
     cross = True
 
-    def __init__(self, dim: int, heads: int = 4, mlp_ratio: float = 2.0, chunk_pixels: int = 16384) -> None:
+    def __init__(self, dim: int, heads: int = 4, mlp_ratio: float = 2.0, chunk_pixels: int = 16384,
+                 frame_distance_penalty: float = 0.0) -> None:
         super().__init__(chunk_pixels)
+        if not frame_distance_penalty >= 0:
+            raise ValueError(f"frame_distance_penalty must be >= 0, got {frame_distance_penalty}")
+        self.frame_distance_penalty = frame_distance_penalty
         self.ln_q = nn.LayerNorm(dim)
         self.ln_kv = nn.LayerNorm(dim)
         self.attn = CrossAttention(dim, heads)
@@ -149,7 +170,8 @@ class TemporalCrossAttnFuse(PixelTemporalBlock):
         self.ffn = FeedForward(dim, mlp_ratio)
 
     def _tokens_forward(self, x: torch.Tensor, context: Optional[torch.Tensor]) -> torch.Tensor:
-        x = x + self.attn(self.ln_q(x), self.ln_kv(context))
+        bias = frame_distance_bias(x.shape[1], self.frame_distance_penalty, x.device)
+        x = x + self.attn(self.ln_q(x), self.ln_kv(context), bias)
         return x + self.ffn(self.ln_ffn(x))
 
 

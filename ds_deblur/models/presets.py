@@ -129,4 +129,5 @@ def build_model(cfg: Any) -> VRTWithSpike:
         vrt, spike_bins=cfg.DATA.K, channels_per_scale=channels, use_spike=use_spike,
         spike_res_blocks=options["spike_res_blocks"],
         tsa=dict(heads=m.SPIKE_TSA.HEADS, mlp_ratio=m.SPIKE_TSA.MLP_RATIO, chunk_pixels=m.SPIKE_TSA.CHUNK_PIXELS),
-        fuse=dict(heads=m.FUSE.HEADS, mlp_ratio=m.FUSE.MLP_RATIO, chunk_pixels=m.FUSE.CHUNK_PIXELS))
+        fuse=dict(heads=m.FUSE.HEADS, mlp_ratio=m.FUSE.MLP_RATIO, chunk_pixels=m.FUSE.CHUNK_PIXELS,
+                  frame_distance_penalty=m.FUSE.FRAME_DISTANCE_PENALTY))

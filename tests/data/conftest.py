@@ -16,8 +16,8 @@ from ds_deblur.data import write_dat
 from ds_deblur.data.synth import SynthConfig, generate
 
 # Spike sensor half the RGB size so every test also runs the bilinear upsampling path.
-TINY = SynthConfig(seed=3, train_seqs=2, val_seqs=1, frames=6, size=(32, 40), spike_size=(16, 20), subframes=8,
-                   objects=(1, 2))
+TINY = SynthConfig.first_generator(seed=3, train_seqs=2, val_seqs=1, frames=6, size=(32, 40), spike_size=(16, 20),
+                                    subframes=8, objects=(1, 2))
 TINY_K = 4
 
 

@@ -4,11 +4,14 @@ import yaml
 from PIL import Image
 
 from ds_deblur.data import read_dat
+from ds_deblur.data.images import GREY
+from ds_deblur.data.spike_quality import main as spike_quality_main, measure
 from ds_deblur.data.synth import SynthConfig, generate
-from ds_deblur.data.synth import SpikeSensor
+from ds_deblur.data.synth import SpikeSensor, _natural_colour
 from ds_deblur.data.synth import main as synth_main
 
-SMALL = SynthConfig(seed=1, train_seqs=1, val_seqs=1, frames=3, size=(24, 32), subframes=8, objects=(1, 2))
+SMALL = SynthConfig.first_generator(seed=1, train_seqs=1, val_seqs=1, frames=3, size=(24, 32), subframes=8,
+                                     objects=(1, 2))
 
 
 def files(root):
@@ -92,3 +95,80 @@ def test_cli(tmp_path, capsys):
     assert synth_main(args) == 1 and "not empty" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         synth_main(["--out", str(tmp_path / "x"), "--size", "big"])
+
+
+def test_first_generator_is_the_old_camera_and_scenes():
+    old = SynthConfig.first_generator(seed=4)
+    assert (old.seed, old.subframes, old.threshold, old.dark_rate, old.photons) == (4, 32, 2.0, 0.0, 0.0)
+    assert (old.saturation, old.chroma_detail) == (1.0, 1.0)
+    new = SynthConfig()
+    assert (new.subframes, new.threshold) == (64, 1.0) and 0 < new.dark_rate < 0.05
+
+
+def test_dark_spikes_fire_at_their_rate_in_the_dark():
+    sensor = SpikeSensor(np.random.default_rng(0), (100, 100), threshold=1.0, dark_rate=0.01)
+    sensor.accumulator[:] = 0
+    fired = np.mean([sensor.expose(np.zeros((100, 100, 3), np.float32)) for _ in range(50)])
+    assert 0.008 < fired < 0.012  # 500,000 pixel-frames: the standard error is 0.00014
+    np.testing.assert_array_equal(sensor.accumulator, 0)  # spurious spikes take no charge
+
+
+def test_shot_noise_keeps_the_mean_rate_and_adds_spread():
+    grey = np.full((64, 64, 3), 0.3, np.float32)
+    counts = {}
+    for photons in (0.0, 5.0):
+        sensor = SpikeSensor(np.random.default_rng(1), (64, 64), threshold=1.0, photons=photons)
+        counts[photons] = np.sum([sensor.expose(grey) for _ in range(40)], axis=0)
+    # noiseless: floor(start + 12) = 12 everywhere; 60 photons a pixel: a spread of sqrt(60) / 5 = 1.5 spikes
+    assert counts[0.0].std() == 0 and counts[5.0].std() > 1.0
+    assert abs(counts[5.0].mean() - counts[0.0].mean()) < 0.2
+
+
+def test_natural_colour_keeps_grey_and_scales_colour():
+    rng = np.random.default_rng(2)
+    rgb = rng.uniform(0.2, 0.8, (32, 32, 3)).astype(np.float32)
+    same = SynthConfig.first_generator()
+    assert _natural_colour(rgb, same, 3.0) is rgb
+    muted = _natural_colour(rgb, SynthConfig(saturation=0.5, chroma_detail=0.0), 3.0)
+    np.testing.assert_allclose(muted @ GREY, rgb @ GREY, atol=1e-5)  # nothing clipped at these values
+    colour = lambda x: x - (x @ GREY)[..., None]  # noqa: E731
+    assert np.abs(colour(muted)).mean() < 0.2 * np.abs(colour(rgb)).mean()  # fine colour gone, the rest halved
+
+
+def test_default_spikes_see_sharper_than_the_blurry_frame(tmp_path):
+    # The defaults' promise (README, Data): the spikes around the exposure centre carry a sharper grey image than
+    # the blurry frame, and a grey sensor sees most of what the blur destroyed.
+    root = generate(tmp_path / "d", SynthConfig(train_seqs=0, val_seqs=1, frames=4))
+    found = measure(root, "val", windows=(16, 32))
+    psnr = found["psnr"]
+    assert found["threshold_source"] == "meta.yaml" and found["spike_frames"] == 64
+    assert max(psnr["tfp_16"], psnr["tfp_32"]) > psnr["blur_grey"] + 0.5
+    assert psnr["blur_rgb_sharp_grey"] > psnr["blur_rgb"] + 3.0
+    assert found["sharp_detail_grey_share"] > 0.75  # natural colour: most detail is grey
+
+
+def test_spike_quality_fits_the_threshold_without_a_card(tmp_path, capsys):
+    root = generate(tmp_path / "d", SynthConfig.first_generator(train_seqs=0, val_seqs=1, frames=3, threshold=1.5,
+                                                                subframes=32))
+    card = yaml.safe_load((root / "meta.yaml").read_text())
+    (root / "meta.yaml").write_text(yaml.safe_dump({"spike_size": card["spike_size"]}))
+    found = measure(root, "val", windows=(8,))
+    assert found["threshold_source"] == "fitted to the blurry frames"
+    assert found["threshold"] == pytest.approx(1.5, rel=0.05)
+    assert spike_quality_main([str(root), "--threshold", "1.5", "--windows", "8", "16"]) == 0
+    out = capsys.readouterr().out
+    assert "threshold 1.5 from --threshold" in out and "TFP, middle 16 spike frames" in out
+    assert spike_quality_main([str(tmp_path / "none")]) == 1
+
+
+def test_cli_noise_and_colour_options_and_report(tmp_path, capsys):
+    out = tmp_path / "cli"
+    args = ["--out", str(out), "--train-seqs", "0", "--frames", "2", "--size", "16x16", "--dark-rate", "0.02",
+            "--photons", "50", "--saturation", "0.3", "--chroma-detail", "0.5", "--report"]
+    assert synth_main(args) == 0
+    settings = yaml.safe_load((out / "meta.yaml").read_text())["settings"]
+    assert (settings["dark_rate"], settings["photons"], settings["saturation"], settings["chroma_detail"]) == \
+        (0.02, 50.0, 0.3, 0.5)
+    assert "TFP, middle 32 spike frames" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        synth_main(["--out", str(tmp_path / "x"), "--dark-rate", "2"])

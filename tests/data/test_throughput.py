@@ -8,8 +8,8 @@ from ds_deblur.data.prepare import prepare
 from ds_deblur.data.synth import SynthConfig, generate
 
 # The GoPro spike proportions at a fifth of the size: spikes half the RGB size, 64 spike frames per exposure.
-SMALL_GOPRO = SynthConfig(seed=2, train_seqs=1, val_seqs=1, frames=5, size=(128, 256), spike_size=(64, 128),
-                          subframes=64, objects=(1, 2))
+SMALL_GOPRO = SynthConfig.first_generator(seed=2, train_seqs=1, val_seqs=1, frames=5, size=(128, 256),
+                                           spike_size=(64, 128), subframes=64, objects=(1, 2))
 
 
 @pytest.mark.skipif(throughput.read_bytes_so_far() is None, reason="needs Linux's /proc/self/io")

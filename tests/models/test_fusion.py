@@ -1,7 +1,8 @@
 import pytest
 import torch
 
-from ds_deblur.models.fusion import TemporalCrossAttnFuse, TemporalMHA, from_pixel_tokens, to_pixel_tokens
+from ds_deblur.models.fusion import (TemporalCrossAttnFuse, TemporalMHA, frame_distance_bias, from_pixel_tokens,
+                                     to_pixel_tokens)
 
 
 def _pair(shape, dtype=torch.float64):
@@ -69,3 +70,33 @@ def test_heads_must_divide_width():
 
 def test_chunk_capped_below_cuda_sdpa_batch_limit():
     assert TemporalCrossAttnFuse(4, heads=2, chunk_pixels=10**6).chunk_pixels == 65535
+
+
+def test_frame_distance_penalty_keeps_each_frame_to_its_own_spikes():
+    torch.manual_seed(0)
+    plain = TemporalCrossAttnFuse(8, heads=2).double()
+    own = TemporalCrossAttnFuse(8, heads=2, frame_distance_penalty=float("inf")).double()
+    own.load_state_dict(plain.state_dict())  # no parameters of its own: the same checkpoints load
+    rgb, spike = _pair((1, 8, 3, 4, 4))
+    changed = spike.clone()
+    changed[:, :, 2] += 3.0  # the last frame's spike features only
+    moved = (own(rgb, changed) - own(rgb, spike)).abs().amax(dim=(0, 1, 3, 4))
+    assert moved[:2].max() == 0 and moved[2] > 0
+    assert (plain(rgb, changed) - plain(rgb, spike)).abs().amax(dim=(0, 1, 3, 4)).min() > 0  # the clip mixes
+
+
+def test_frame_distance_penalty_weighs_frames_by_exp_of_their_distance():
+    torch.manual_seed(0)
+    mha = TemporalMHA(4, heads=1).double()
+    with torch.no_grad():  # keys all alike: the weights are the bias's softmax alone
+        mha.in_proj_weight[4:8].zero_()
+        mha.in_proj_bias.zero_()
+    q, kv = _pair((1, 3, 4))
+    v = torch.nn.functional.linear(kv, mha.in_proj_weight[8:], mha.in_proj_bias[8:])
+    bias = frame_distance_bias(3, 1.5, torch.device("cpu"))
+    weights = torch.softmax(bias.double(), dim=-1)
+    torch.testing.assert_close(mha(q, kv, bias), mha.out_proj(weights @ v[0])[None])
+    assert weights[1].tolist() == pytest.approx([0.1543, 0.6914, 0.1543], abs=1e-4)  # e^-1.5 : 1 : e^-1.5
+    assert frame_distance_bias(3, 0.0, torch.device("cpu")) is None
+    with pytest.raises(ValueError, match="frame_distance_penalty"):
+        TemporalCrossAttnFuse(8, heads=2, frame_distance_penalty=-1.0)
