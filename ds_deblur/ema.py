@@ -33,6 +33,14 @@ def ema_file(tag_dir: Path, rank: int) -> Path:
     return Path(tag_dir) / FILE.format(rank=rank)
 
 
+def read_ema_file(path: Path) -> dict:
+    """A rank's saved EMA (``decay``, ``updates``, ``flats``), memory-mapped; damage is one error naming the file."""
+    try:
+        return torch.load(path, map_location="cpu", mmap=True, weights_only=True)
+    except Exception as err:  # torch raises several types for damaged archives; all mean the same to the user
+        raise CheckpointFormatError(f"{path} cannot be read ({type(err).__name__}: {err})") from None
+
+
 class ShardedEMA:
     """The EMA of this rank's fp32 master partitions of a DeepSpeed engine (ZeRO 1, 2 or 3)."""
 
@@ -90,7 +98,7 @@ class ShardedEMA:
         path = ema_file(tag_dir, rank)
         if not path.is_file():
             return False
-        saved = torch.load(path, map_location="cpu", weights_only=True)
+        saved = read_ema_file(path)
         flats = saved["flats"]
         if [f.numel() for f in flats] != [s.numel() for s in self.shadow]:
             raise CheckpointFormatError(

@@ -13,6 +13,7 @@ from ds_deblur.ckpt.single_file import load_single_file
 from ds_deblur.ckpt.tags import resolve
 from ds_deblur.ckpt.weights import load_weights, read_weights
 from ds_deblur.convert import main as convert_main
+from ds_deblur.ema import read_ema_file
 from ds_deblur.infer import main as infer_main
 from ds_deblur.inspect import main as inspect_main
 from train_utils import REPO, make_dataset, output_of, run_train
@@ -56,3 +57,13 @@ def test_the_trainer_says_the_same_for_resume_and_init_weights(tmp_path):
         assert proc.returncode == 2 and f"[train] error: Checkpoint not found: {missing}" in proc.stderr, \
             output_of(proc)
         assert "Traceback" not in proc.stderr
+
+
+def test_a_damaged_ema_file_is_a_checkpoint_error_naming_it(tmp_path):
+    # One reader serves the same-world EMA load and the gather of the EMA weights (other world size, single files).
+    path = tmp_path / "ema_rank0.pt"
+    torch.save({"decay": 0.9, "updates": 3, "flats": [torch.arange(4.0)]}, path)
+    assert read_ema_file(path)["updates"] == 3 and torch.equal(read_ema_file(path)["flats"][0], torch.arange(4.0))
+    path.write_bytes(path.read_bytes()[:40])
+    with pytest.raises(errors.CheckpointFormatError, match=re.escape(str(path))):
+        read_ema_file(path)

@@ -33,7 +33,7 @@ from typing import Any, Optional
 
 import torch
 
-from ds_deblur.ema import ema_file
+from ds_deblur.ema import ema_file, read_ema_file
 from ds_deblur.engine import precision_of, zero_stage_of
 from ds_deblur.errors import CheckpointFormatError
 from ds_deblur.models import rename_legacy_keys
@@ -225,10 +225,7 @@ def has_ema(tag: Tag) -> bool:
 
 def _ema_flats(tag: Tag, rank: int, groups: int) -> list[torch.Tensor]:
     path = ema_file(tag.dir, rank)
-    try:
-        flats = torch.load(path, map_location="cpu", mmap=True, weights_only=True)["flats"]
-    except Exception as err:  # as load_pickled: any damage means the same to the user
-        raise CheckpointFormatError(f"{path} cannot be read ({type(err).__name__}: {err})") from None
+    flats = read_ema_file(path)["flats"]
     if len(flats) != groups:
         raise CheckpointFormatError(f"{path} has {len(flats)} EMA partitions, the optimizer file {groups}")
     return flats
