@@ -32,7 +32,7 @@ from typing import Any, Union
 import torch
 
 from ds_deblur.ckpt.gather import Gathered, Tag, gather, module_state_dict, open_tag, param_order
-from ds_deblur.ema import ema_file
+from ds_deblur.ema import ema_file, read_ema_file
 from ds_deblur.errors import CheckpointFormatError, CheckpointNotFoundError
 from ds_deblur.models import rename_legacy_keys
 
@@ -158,7 +158,7 @@ def single_file_dict(tag_dir: Path) -> dict:
 
 
 def _ema_meta(tag: Tag) -> dict:
-    saved = torch.load(ema_file(tag.dir, 0), map_location="cpu", mmap=True, weights_only=True)
+    saved = read_ema_file(ema_file(tag.dir, 0))
     return {"ema_decay": float(saved["decay"]), "ema_updates": int(saved.get("updates", 0))}
 
 

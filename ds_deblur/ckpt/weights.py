@@ -45,8 +45,9 @@ def read_weights(path: PathLike, ema: Optional[bool] = False) -> Weights:
     location = resolve(path)
     path = location.path
     if location.kind == "tag":
-        state = open_tag(path).state
-        if _wants_ema(ema, state.get("config"), has_ema(open_tag(path)), path):
+        tag = open_tag(path)
+        state = tag.state
+        if _wants_ema(ema, state.get("config"), has_ema(tag), path):
             return Weights(ema_state_dict(path), state.get("config"), state.get("spike"),
                            f"tag {path.name}, EMA weights")
         return Weights(fp32_state_dict(path), state.get("config"), state.get("spike"), f"tag {path.name}")
