@@ -72,7 +72,7 @@ class DataConfig:
     VAL_MAX_FRAMES: Optional[int] = doc(None, "validate at most this many frames per sequence; null = all")
     SPIKE_ROOT: Optional[str] = doc(None, "separate spike tree SPLIT/SEQ/spike (+ config.yaml); null = the one in ROOT")
     SPIKE_DIR: str = doc("spike", "a sequence's folder of .dat spike streams")
-    VOXEL_CACHE_DIRNAME: str = doc("spike_vox", "a sequence's voxel cache folder (python -m ds_deblur.data.prepare)")
+    VOXEL_CACHE_DIRNAME: str = doc("spike_vox", "a sequence's voxel cache folder (ds-deblur prepare)")
     IMAGE_EXTS: list[str] = doc([".png"], "extensions of the frame files in blur/ and sharp/ that count")
 
     def validate(self) -> None:
@@ -402,8 +402,8 @@ class LogConfig:
 
 @dataclass
 class InferenceConfig:
-    BATCH_SIZE: int = doc(1, "python -m ds_deblur.infer: temporal windows per forward pass; only 1 (others warn)")
-    NUM_WORKERS: int = doc(2, "python -m ds_deblur.infer: threads reading and voxelising frames ahead of the model")
+    BATCH_SIZE: int = doc(1, "ds-deblur infer: temporal windows per forward pass; only 1 (others warn)")
+    NUM_WORKERS: int = doc(2, "ds-deblur infer: threads reading and voxelising frames ahead of the model")
 
     def validate(self) -> None:
         _require(self.BATCH_SIZE >= 1, "TEST.BATCH_SIZE", f"must be >= 1, got {self.BATCH_SIZE}")
@@ -419,7 +419,7 @@ class Config:
     TRAIN: TrainConfig = section(TrainConfig, "optimisation, schedule, length")
     LOSS: LossConfig = section(LossConfig, "training loss")
     LOG: LogConfig = section(LogConfig, "outputs: checkpoints, TensorBoard, metrics, validation")
-    TEST: InferenceConfig = section(InferenceConfig, "inference (python -m ds_deblur.infer)")
+    TEST: InferenceConfig = section(InferenceConfig, "inference (ds-deblur infer)")
 
     def __post_init__(self) -> None:
         # Sections read aliases that live in another section (cfg.TRAIN.VAL_EVERY_STEPS) through their root.

@@ -6,45 +6,36 @@
 Without --deepspeed_config (the original trainer's command lines) a built-in engine config is used: ZeRO 2 with
 fp16 dynamic loss scaling on CUDA, fp32 on CPU.
 """
+import argparse
+import contextlib
+import json
 import os
+import signal
 import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator, Optional
 
-if __name__ == "__main__" and not __package__:
-    # As a script, Python puts ds_deblur/ first on sys.path, where our inspect.py would shadow the standard
-    # library's for every later import (torch's included): swap it for the repository root before importing.
-    _here = os.path.dirname(os.path.abspath(__file__))
-    sys.path[:] = [p for p in sys.path if os.path.abspath(p or os.curdir) != _here]
-    sys.path.insert(0, os.path.dirname(_here))
+import deepspeed
+import torch
 
-import argparse  # noqa: E402
-import contextlib  # noqa: E402
-import json  # noqa: E402
-import signal  # noqa: E402
-import time  # noqa: E402
-from dataclasses import dataclass, field  # noqa: E402
-from pathlib import Path  # noqa: E402
-from typing import Any, Iterator, Optional  # noqa: E402
-
-import deepspeed  # noqa: E402
-import torch  # noqa: E402
-
-from ds_deblur import distributed  # noqa: E402
-from ds_deblur.ckpt import CheckpointManager, CheckpointOptions  # noqa: E402
-from ds_deblur.ckpt.state import versions  # noqa: E402
-from ds_deblur.ckpt.tags import BEST  # noqa: E402
-from ds_deblur.config import Config, load_config, save_config  # noqa: E402
-from ds_deblur.data import build_dataloaders  # noqa: E402
-from ds_deblur.divergence import DivergenceWatch  # noqa: E402
-from ds_deblur.ema import ShardedEMA  # noqa: E402
-from ds_deblur.engine import (engine_config, initialize, loss_scale, min_loss_scale, precision_of,  # noqa: E402
-                              total_steps)
-from ds_deblur.errors import DsDeblurError  # noqa: E402
-from ds_deblur.faults import Injections  # noqa: E402
-from ds_deblur.losses import DeblurLoss  # noqa: E402
-from ds_deblur.models import build_model  # noqa: E402
-from ds_deblur.run_log import RunLogger, memory_mb  # noqa: E402
-from ds_deblur.staged import FIXED_GROUP, FixedPhase, freeze  # noqa: E402
-from ds_deblur.validate import input_metrics, model_dtype, validate  # noqa: E402
+from ds_deblur import distributed
+from ds_deblur.ckpt import CheckpointManager, CheckpointOptions
+from ds_deblur.ckpt.state import versions
+from ds_deblur.ckpt.tags import BEST
+from ds_deblur.config import Config, load_config, save_config
+from ds_deblur.data import build_dataloaders
+from ds_deblur.divergence import DivergenceWatch
+from ds_deblur.errors import DsDeblurError
+from ds_deblur.evaluate import input_metrics, model_dtype, validate
+from ds_deblur.losses import DeblurLoss
+from ds_deblur.models import build_model
+from ds_deblur.run_log import RunLogger, memory_mb
+from ds_deblur.testing.faults import Injections
+from ds_deblur.zero.ema import ShardedEMA
+from ds_deblur.zero.setup import engine_config, initialize, loss_scale, min_loss_scale, precision_of, total_steps
+from ds_deblur.zero.staged import FIXED_GROUP, FixedPhase, freeze
 
 EXIT_DIVERGED = 3
 

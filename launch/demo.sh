@@ -11,7 +11,7 @@ DATA=${DATA:-data/synth}
 OUT=${OUT:-outputs/demo}
 if [ ! -f "$DATA/meta.yaml" ]; then
     echo "[demo] generating synthetic spike-camera data in $DATA"
-    python -m ds_deblur.data.synth --out "$DATA"
+    ds-deblur synth --out "$DATA"
 fi
 NGPU=$(python -c "import torch; print(torch.cuda.device_count())")
 if [ "$NGPU" -gt 0 ]; then
@@ -24,7 +24,7 @@ echo "[demo] training on $RANKS rank(s) with $DS_CONFIG; run directory $OUT"
 deepspeed --num_gpus "$RANKS" --master_port "${MASTER_PORT:-29517}" ds_deblur/train.py \
     --config ds_configs/tiny_synth.yaml --deepspeed_config "$DS_CONFIG" \
     --set DATA.ROOT="$DATA" --set LOG.SAVE_DIR="$OUT" "$@"
-python -m ds_deblur.inspect "$OUT/ckpts/best.pth"
+ds-deblur inspect "$OUT/ckpts/best.pth"
 echo "[demo] deblurring the validation sequences with best.pth into $OUT/infer"
-python -m ds_deblur.infer --ckpt "$OUT/ckpts/best.pth" --root "$DATA" --split val --output "$OUT/infer"
+ds-deblur infer --ckpt "$OUT/ckpts/best.pth" --root "$DATA" --split val --output "$OUT/infer"
 echo "[demo] TensorBoard: tensorboard --logdir $OUT/tb"

@@ -5,6 +5,6 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 source launch/_env.sh
 RUN=${1:-outputs}; TAG=${2:-}
-python -m ds_deblur.convert "$RUN/ckpts" ${TAG:+--tag "$TAG"} --out "$RUN/export/last.pth"
-python -m ds_deblur.convert "$RUN/ckpts" ${TAG:+--tag "$TAG"} --weights-only --out "$RUN/export/model.safetensors"
-python -m ds_deblur.inspect "$RUN/export/last.pth"
+ds-deblur convert "$RUN/ckpts" ${TAG:+--tag "$TAG"} --out "$RUN/export/last.pth"
+ds-deblur convert "$RUN/ckpts" ${TAG:+--tag "$TAG"} --weights-only --out "$RUN/export/model.safetensors"
+ds-deblur inspect "$RUN/export/last.pth"

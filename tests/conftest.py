@@ -2,7 +2,7 @@ from pathlib import Path
 
 import pytest
 
-from tag_factory import build_tags
+from support.tag_factory import build_tags
 
 
 @pytest.fixture(scope="session")

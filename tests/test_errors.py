@@ -7,16 +7,15 @@ import re
 
 import pytest
 import torch
+from support.train_utils import REPO, make_dataset, output_of, run_train
 
 from ds_deblur import errors
+from ds_deblur.ckpt.cli import convert_main, inspect_main
 from ds_deblur.ckpt.single_file import load_single_file
 from ds_deblur.ckpt.tags import resolve
 from ds_deblur.ckpt.weights import load_weights, read_weights
-from ds_deblur.convert import main as convert_main
-from ds_deblur.ema import read_ema_file
-from ds_deblur.infer import main as infer_main
-from ds_deblur.inspect import main as inspect_main
-from train_utils import REPO, make_dataset, output_of, run_train
+from ds_deblur.inference.cli import main as infer_main
+from ds_deblur.zero.ema import read_ema_file
 
 
 def test_every_error_class_derives_from_the_base():

@@ -1,4 +1,4 @@
-"""``python -m ds_deblur.bench NAME [options] [--out FILE.json]``: run one benchmark, print its table, save JSON."""
+"""``ds-deblur bench NAME [options] [--out FILE.json]``: run one benchmark, print its table, save JSON."""
 from __future__ import annotations
 
 import argparse
@@ -14,18 +14,20 @@ from typing import Optional, Sequence
 from ds_deblur.bench import __doc__ as overview
 from ds_deblur.bench.common import host
 
-NAMES = ("engine", "memory", "checkpoint", "data", "model", "infer", "ablation")
+# benchmark name -> its module in this package
+MODULES = {"engine": "training", "memory": "memory", "checkpoint": "checkpoint", "data": "data", "model": "model",
+           "infer": "infer", "ablation": "ablation"}
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m ds_deblur.bench", description=overview,
+    parser = argparse.ArgumentParser(prog="ds-deblur bench", description=overview,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="name", metavar="NAME", required=True)
     # One line per benchmark, from the package docstring's list ("NAME  what it measures").
     lines = {words[0]: words[1] for words in (line.split(None, 1) for line in overview.splitlines())
-             if len(words) == 2 and words[0] in NAMES}
-    for name in NAMES:
-        module = importlib.import_module(f"ds_deblur.bench.{name}")
+             if len(words) == 2 and words[0] in MODULES}
+    for name, module_name in MODULES.items():
+        module = importlib.import_module(f"ds_deblur.bench.{module_name}")
         child = sub.add_parser(name, help=lines[name],
                                description=module.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
         module.add_arguments(child)
@@ -38,7 +40,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
-    module = importlib.import_module(f"ds_deblur.bench.{args.name}")
+    module = importlib.import_module(f"ds_deblur.bench.{MODULES[args.name]}")
     if args.out is not None and not args.out.parent.is_dir():
         print(f"bench: --out {args.out}: folder {args.out.parent} does not exist", file=sys.stderr)
         return 2

@@ -34,9 +34,9 @@ def _converters(ckpt: Path, tag: str, work: Path) -> dict[str, tuple[list[str], 
     zero_to_fp32 = ("import sys; from deepspeed.utils.zero_to_fp32 import convert_zero_checkpoint_to_fp32_state_dict"
                     " as convert; convert(sys.argv[1], sys.argv[2], max_shard_size=None, tag=sys.argv[3])")
     return {
-        "ds_deblur.convert last.pth": ([py, "-m", "ds_deblur.convert", str(ckpt), "--tag", tag, "--out",
+        "ds-deblur convert last.pth": ([py, "-m", "ds_deblur", "convert", str(ckpt), "--tag", tag, "--out",
                                         str(work / "last.pth")], work / "last.pth"),
-        "ds_deblur.convert --weights-only": ([py, "-m", "ds_deblur.convert", str(ckpt), "--tag", tag,
+        "ds-deblur convert --weights-only": ([py, "-m", "ds_deblur", "convert", str(ckpt), "--tag", tag,
                                               "--weights-only", "--out", str(work / "model.pth")], work / "model.pth"),
         "deepspeed zero_to_fp32": ([py, "-c", zero_to_fp32, str(ckpt), str(work / "zero_to_fp32"), tag],
                                    work / "zero_to_fp32"),

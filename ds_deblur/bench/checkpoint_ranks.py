@@ -26,17 +26,18 @@ from typing import Any, Callable, Optional
 
 import torch
 
-from ds_deblur import distributed, engine as eng
+from ds_deblur import distributed
 from ds_deblur.bench.common import dir_bytes, ds_json_for_stage
 from ds_deblur.ckpt import CheckpointManager, CheckpointOptions, TrainState
 from ds_deblur.ckpt.atomic import fsync_path
-from ds_deblur.ckpt.engine_io import load_tag, save_tag
 from ds_deblur.ckpt.export import LAST_FILE, export_single_file
 from ds_deblur.ckpt.retention import retain
 from ds_deblur.ckpt.state import client_state
+from ds_deblur.ckpt.tag_io import load_tag, save_tag
 from ds_deblur.ckpt.tags import step_tag
 from ds_deblur.config import load_config
 from ds_deblur.models import build_model
+from ds_deblur.zero import setup as eng
 
 MODES = ("tag", "blocked_before", "blocked_after")
 

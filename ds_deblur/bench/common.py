@@ -24,7 +24,7 @@ MIB = 2 ** 20
 
 def host() -> dict:
     """The machine and software a result was measured on (other jobs show in the load average)."""
-    import deepspeed  # here, not at the top: `python -m ds_deblur.bench --help` stays fast (DeepSpeed takes ~2 s)
+    import deepspeed  # here, not at the top: `ds-deblur bench --help` stays fast (DeepSpeed takes ~2 s)
     info = {"machine": platform.node(), "cpu": _cpu_model(), "cpus": os.cpu_count(),
             "memory_gib": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1),
             "python": platform.python_version(), "torch": torch.__version__, "deepspeed": deepspeed.__version__,

@@ -1,6 +1,6 @@
 """data: clips/s of the training loader (tiny shape, and base at the real GoPro spike size: 720x1280 RGB, 360x640 x 64
 spike streams, crop 256; ``.dat`` and voxel cache; 0, 2 and 4 workers) with the bytes read per clip, against the
-clips/s one rank's training step consumes, and ``.dat`` -> voxel MB/s (``ds_deblur.data.throughput``).
+clips/s one rank's training step consumes, and ``.dat`` -> voxel MB/s (``ds_deblur.bench.loader_speed``).
 
 Consumption is measured here for tiny (forward+backward of the model at the loader's shape, one rank). For base
 on a CPU, where its training step does not fit, the reference is the original trainer's 0.5 samples/s on 3 GPUs
@@ -13,9 +13,9 @@ from pathlib import Path
 
 import torch
 
+from ds_deblur.bench import loader_speed
 from ds_deblur.bench.common import format_table, positive_int
-from ds_deblur.data import throughput
-from ds_deblur.models.speed import measure
+from ds_deblur.bench.model_speed import measure
 
 ORIGINAL_PER_GPU = 0.5 / 3  # clips/s per GPU of the original torchrun/AMP loop (batch 1, 5 frames, 256x256)
 
@@ -29,10 +29,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace, work: Path) -> dict:
     torch.set_num_threads(args.threads)
-    results = throughput.run(work, args.batches, args.workers)
+    results = loader_speed.run(work, args.batches, args.workers)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    shapes = {"tiny": (1, throughput.CLIP_LEN, 64, 64, throughput.K),
-              "base": (1, throughput.CLIP_LEN, 256, 256, throughput.K)}
+    shapes = {"tiny": (1, loader_speed.CLIP_LEN, 64, 64, loader_speed.K),
+              "base": (1, loader_speed.CLIP_LEN, 256, 256, loader_speed.K)}
     consumption = []
     for shape_name, shape in shapes.items():
         if shape_name == "base" and device.type == "cpu":
@@ -54,6 +54,6 @@ def table(results: dict) -> str:
         rows.append([need["shape"], f"{need['clips_per_s']:.3f}", need["source"],
                      f"{slowest['clips_per_s']:.2f} ({slowest['source']}, {slowest['workers']} workers)",
                      f"{slowest['clips_per_s'] / need['clips_per_s']:.0f}x"])
-    return (throughput.table(results) + "\n\n"
+    return (loader_speed.table(results) + "\n\n"
             + format_table(["shape", "step consumes clips/s", "measured by", "slowest loader clips/s", "headroom"],
                            rows))

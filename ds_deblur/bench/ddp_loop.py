@@ -19,9 +19,9 @@ from torch.nn.parallel import DistributedDataParallel
 
 from ds_deblur.config import load_config
 from ds_deblur.data import build_dataloaders
-from ds_deblur.engine import build_scheduler
 from ds_deblur.losses import DeblurLoss
 from ds_deblur.models import build_model
+from ds_deblur.zero.setup import build_scheduler
 
 
 def parse_args(argv: Optional[list[str]]) -> argparse.Namespace:

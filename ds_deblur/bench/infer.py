@@ -1,4 +1,4 @@
-"""infer: time per frame and peak memory of ``python -m ds_deblur.infer`` on full 1280x720 frames.
+"""infer: time per frame and peak memory of ``ds-deblur infer`` on full 1280x720 frames.
 
 Generates a test split in the GoPro spike release's layout at the real size (720x1280 RGB, 360x640 x 64 spike
 streams) and runs the real command line on it once per preset, each in its own process (so that its peak memory
@@ -52,7 +52,7 @@ def run(args: argparse.Namespace, work: Path) -> dict:
 
 
 def run_preset(preset: str, frames: int, work: Path, threads: Optional[int]) -> dict:
-    """One ``python -m ds_deblur.infer`` run of ``preset`` on a test sequence of ``frames`` frames."""
+    """One ``ds-deblur infer`` run of ``preset`` on a test sequence of ``frames`` frames."""
     started = time.perf_counter()
     data = generate(work / "gopro", SynthConfig(seed=0, train_seqs=0, val_seqs=1, frames=frames, size=SIZE,
                                                 spike_size=SPIKE_SIZE, subframes=SPIKE_FRAMES), layout="gopro")
@@ -65,7 +65,7 @@ def run_preset(preset: str, frames: int, work: Path, threads: Optional[int]) -> 
     weights, config, out = work / "weights.pth", work / "config.yaml", work / "out"
     torch.save(model.state_dict(), weights)
     config.write_text(yaml.safe_dump(cfg.to_dict()))
-    command = ["-m", "ds_deblur.infer", "--ckpt", str(weights), "--config", str(config), "--root", str(data),
+    command = ["-m", "ds_deblur.inference.cli", "--ckpt", str(weights), "--config", str(config), "--root", str(data),
                "--output", str(out), "--device", "cpu",
                "--tile", str(frames), str(TILE), str(TILE), "--tile-overlap", "1", str(OVERLAP), str(OVERLAP)]
     env = dict(os.environ, **({} if threads is None else {"OMP_NUM_THREADS": str(threads)}))

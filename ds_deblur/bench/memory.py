@@ -3,7 +3,7 @@ bytes of parameters, gradients, fp32 master weights, optimizer state and gradien
 own tensors after a training step's backward, against the ideal 1/N sharding of what that stage shards (ZeRO 1:
 master weights and optimizer state; 2: also gradients; 3: also parameters), taking the same stage on one rank as
 the unsharded amount; and the stage's peak memory per rank (CPU: rise of peak RSS; GPU: max_memory_allocated).
-The sharded EMA weights (``ds_deblur.ema``, TRAIN.EMA_DECAY) are measured beside them, from ZeRO 1 on, against the
+The sharded EMA weights (``ds_deblur.zero.ema``, TRAIN.EMA_DECAY) are measured beside them, from ZeRO 1 on, against the
 ideal 1/N of the same stage's one-rank EMA (a full fp32 copy); they are not in the total, which is what a run
 without EMA holds.
 """

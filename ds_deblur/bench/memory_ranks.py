@@ -16,13 +16,14 @@ from typing import Any, Iterator, Optional
 
 import torch
 
-from ds_deblur import distributed, engine as eng
+from ds_deblur import distributed
 from ds_deblur.bench.common import ds_json_for_stage
+from ds_deblur.bench.model_speed import PeakMemory
 from ds_deblur.config import load_config
-from ds_deblur.ema import ShardedEMA
 from ds_deblur.losses import DeblurLoss
 from ds_deblur.models import build_model
-from ds_deblur.models.speed import PeakMemory
+from ds_deblur.zero import setup as eng
+from ds_deblur.zero.ema import ShardedEMA
 
 EMA_DECAY = 0.999  # KAIR's usual E_decay; the memory does not depend on it
 

@@ -1,5 +1,5 @@
 """model: forward and forward+backward time and peak memory of the tiny and base presets, with and without
-activation checkpointing (``ds_deblur.models.speed``). Training shapes: tiny 1x5x64x64, base 1x5x256x256 (K 32).
+activation checkpointing (``ds_deblur.bench.model_speed``). Training shapes: tiny 1x5x64x64, base 1x5x256x256 (K 32).
 On a CPU, base runs at ``--cpu-base-shape`` instead: at 256x256 one training step needs about 16x the memory
 measured at 64x64 (16.6 GB without checkpointing), more than a workstation has.
 """
@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 
 from ds_deblur.bench.common import format_table, positive_int
-from ds_deblur.models.speed import TRAIN_SHAPES, measure
+from ds_deblur.bench.model_speed import TRAIN_SHAPES, measure
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -3,7 +3,7 @@
     tags        tag directories, their commit marker (COMMIT.json) and ``latest``; ``resolve(path)`` says what a
                 checkpoint path is (the only code that reads or writes the marker or ``latest``)
     atomic      crash-safe file writes
-    engine_io   live engine <-> files: save + commit a tag, load a tag (any world size), load a single file
+    tag_io      live engine <-> files: save + commit a tag, load a tag (any world size), load a single file
     gather      reading a tag offline: ZeRO partitions gathered into whole fp32 tensors (weights, Adam moments,
                 EMA weights, frozen parameters)
     single_file the single-file format (last.pth / best.pth): read, build from a tag
@@ -15,6 +15,7 @@
     compat      which config changes a resumed run accepts
     state       TrainState and the tag's client state
     manager     CheckpointManager: what the trainer calls
+    cli         ds-deblur convert and ds-deblur inspect
 """
 from ds_deblur.ckpt.manager import CheckpointManager, CheckpointOptions
 from ds_deblur.ckpt.state import TrainState

@@ -1,4 +1,4 @@
-"""What a checkpoint holds (``python -m ds_deblur.inspect``): a checkpoint directory, one DeepSpeed tag, or a single
+"""What a checkpoint holds (``ds-deblur inspect``): a checkpoint directory, one DeepSpeed tag, or a single
 file, as a JSON-ready dict (``describe``) and as text (``format_text``).
 
 Single files (``last.pth``, ``best.pth``, weights exports) are read with ``weights_only=True``. Tag files are

@@ -15,12 +15,12 @@ from typing import Callable, Optional, Union
 
 import torch
 
-from ds_deblur import faults
 from ds_deblur.ckpt.atomic import write_atomic
 from ds_deblur.ckpt.single_file import single_file_dict, single_file_step
 from ds_deblur.ckpt.tags import BEST, STEP_TAG, committed_step, list_tags, resolve, tag_problem
 from ds_deblur.ckpt.weights import export_weights
 from ds_deblur.errors import CheckpointFormatError
+from ds_deblur.testing import faults
 
 LAST_FILE, BEST_FILE = "last.pth", "best.pth"
 
@@ -42,7 +42,7 @@ def export_single_file(tag_dir: Path, out_path: Path) -> Path:
 
 def export_tag(ckpt: Union[str, Path], tag: Optional[str], out: Union[str, Path], weights_only: bool = False,
                ema: bool = False) -> Path:
-    """``python -m ds_deblur.convert``: write the tag named by ``ckpt`` (a checkpoint dir, + ``tag``, or a tag dir) to
+    """``ds-deblur convert``: write the tag named by ``ckpt`` (a checkpoint dir, + ``tag``, or a tag dir) to
     ``out``: the full training state (with the EMA weights when the run kept them), or only the fp32 weights
     (``.safetensors`` or ``.pth``; ``ema``: the EMA weights)."""
     location = resolve(ckpt, tag)

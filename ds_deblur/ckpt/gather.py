@@ -12,7 +12,7 @@ Buffers are only in the model-states file (``module``), as are the names that or
 Frozen parameters (``requires_grad=False``: TRAIN.FREEZE) have no fp32 partition: ZeRO 1/2 keep them whole in
 ``module`` (from ZeRO 2 on also under ``frozen_param_fragments``); ZeRO 3 cuts them like its other parameters and
 each rank's own model-states file holds its piece (``frozen_param_fragments``, the last one padded).
-EMA weights (TRAIN.EMA_DECAY, ``ds_deblur.ema``): each rank's ``ema_rank{r}.pt`` holds flat vectors with the layout of
+EMA weights (TRAIN.EMA_DECAY, ``ds_deblur.zero.ema``): each rank's ``ema_rank{r}.pt`` holds flat vectors with the layout of
 its fp32 partitions, so they are gathered with the same pieces.
 
 Memory: the ranks' files are memory-mapped and read one at a time, each piece copied straight into the output
@@ -33,10 +33,10 @@ from typing import Any, Optional
 
 import torch
 
-from ds_deblur.ema import ema_file, read_ema_file
-from ds_deblur.engine import precision_of, zero_stage_of
 from ds_deblur.errors import CheckpointFormatError
 from ds_deblur.models import rename_legacy_keys
+from ds_deblur.zero.ema import ema_file, read_ema_file
+from ds_deblur.zero.setup import precision_of, zero_stage_of
 
 CLIENT_KEY = "ds_deblur"
 _MODEL_STATES = ("mp_rank_00_model_states.pt", "zero_pp_rank_0_mp_rank_00_model_states.pt")
@@ -78,7 +78,7 @@ def open_tag(tag_dir: Path) -> Tag:
                                     f"ds_deblur's trainer")
     stage, world = zero_stage_of(header["ds_config"]), int(header["dp_world_size"])
     if stage not in (1, 2, 3):
-        raise CheckpointFormatError(f"{tag_dir} was saved with ZeRO stage {stage}; ds_deblur.convert reads ZeRO 1, 2 "
+        raise CheckpointFormatError(f"{tag_dir} was saved with ZeRO stage {stage}; ds-deblur convert reads ZeRO 1, 2 "
                                     f"and 3 tags (all ds_configs/*.json use one of them)")
     return Tag(tag_dir, header, state, _optim_files(tag_dir, world), stage, world, precision_of(header["ds_config"]))
 

@@ -23,18 +23,18 @@ from ds_deblur import distributed
 from ds_deblur.ckpt import universal
 from ds_deblur.ckpt.atomic import remove_temporaries
 from ds_deblur.ckpt.compat import check_config_change
-from ds_deblur.ckpt.engine_io import load_single, load_tag, load_tag_ema, save_tag
 from ds_deblur.ckpt.export import LAST_FILE, BackgroundExporter, stale_exports
 from ds_deblur.ckpt.gather import fp32_state_dict, frozen_names, has_legacy_names, open_tag
 from ds_deblur.ckpt.retention import retain
 from ds_deblur.ckpt.single_file import load_single_file, single_file_dict
 from ds_deblur.ckpt.state import TrainState, client_state
-from ds_deblur.ckpt.tags import BEST, Location, newest_complete, read_latest, resolve, saved_world_size, step_tag, \
-    tag_problem
+from ds_deblur.ckpt.tag_io import load_single, load_tag, load_tag_ema, save_tag
+from ds_deblur.ckpt.tags import (BEST, Location, newest_complete, read_latest, resolve, saved_world_size, step_tag,
+                                 tag_problem)
 from ds_deblur.ckpt.weights import load_state_dict_strict, load_weights
 from ds_deblur.config import Config, canonical_dict, resume_request
-from ds_deblur.ema import ShardedEMA
 from ds_deblur.errors import CheckpointError, ConfigError, DsDeblurError
+from ds_deblur.zero.ema import ShardedEMA
 
 Say = Callable[[str], None]
 

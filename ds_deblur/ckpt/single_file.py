@@ -13,7 +13,7 @@ Layout (DESIGN §6), everything loadable with ``torch.load(path, weights_only=Tr
                    ema_decay and ema_updates (EMA runs),
      'state_dict_ema': only in runs with TRAIN.EMA_DECAY > 0: the EMA weights, fp32, the keys of 'state_dict'}
 
-With TRAIN.FIX_KEYS the optimizer has two parameter groups (``ds_deblur.staged.param_groups`` builds them: the
+With TRAIN.FIX_KEYS the optimizer has two parameter groups (``ds_deblur.zero.staged.param_groups`` builds them: the
 others, then the fixed ones); frozen parameters (TRAIN.FREEZE) are in ``state_dict`` but in no group.
 
 The original S-VRT trainer's own files read too (``from_original``): its ``best.pth``
@@ -32,9 +32,9 @@ from typing import Any, Union
 import torch
 
 from ds_deblur.ckpt.gather import Gathered, Tag, gather, module_state_dict, open_tag, param_order
-from ds_deblur.ema import ema_file, read_ema_file
 from ds_deblur.errors import CheckpointFormatError, CheckpointNotFoundError
 from ds_deblur.models import rename_legacy_keys
+from ds_deblur.zero.ema import ema_file, read_ema_file
 
 FORMAT = 1
 KEYS = ("step", "epoch", "best_psnr", "state_dict", "optimizer", "scheduler", "scaler", "config", "meta")
@@ -60,7 +60,7 @@ def read_weights_only(path: PathLike, mmap: bool = False) -> Any:
             f"DeepSpeed tag file, pass its tag directory instead") from None
     except (RuntimeError, EOFError, zipfile.BadZipFile, OSError) as err:
         raise CheckpointFormatError(f"{path} is truncated or not a torch checkpoint ({_first_line(err)}); "
-                                    f"re-export it with python -m ds_deblur.convert") from None
+                                    f"re-export it with ds-deblur convert") from None
 
 
 def _unpickler_reason(err: BaseException) -> str:
@@ -164,7 +164,7 @@ def _ema_meta(tag: Tag) -> dict:
 
 def adamw_state_dict(gathered: Gathered, order: list[str], source: Path) -> dict:
     """What ``torch.optim.AdamW(model.parameters()).state_dict()`` would hold after the same training; with several
-    parameter groups (TRAIN.FIX_KEYS) what AdamW over ``ds_deblur.staged.param_groups(model, cfg)`` would hold.
+    parameter groups (TRAIN.FIX_KEYS) what AdamW over ``ds_deblur.zero.staged.param_groups(model, cfg)`` would hold.
     Parameters are numbered in ``model.parameters()`` order (``order``), frozen ones included."""
     groups = gathered.param_groups
     if len(groups) == 1:

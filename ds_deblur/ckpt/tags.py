@@ -197,7 +197,7 @@ def resolve(path: PathLike, tag: Optional[str] = None, complete: bool = True) ->
         tag_dir = path / name
     problem = tag_problem(tag_dir) if complete else None
     if problem is not None:
-        raise CheckpointFormatError(f"{tag_dir} is incomplete or damaged: {problem}. Use another tag (python -m "
-                                    f"ds_deblur.inspect {tag_dir.parent} lists them) or --resume auto, which "
+        raise CheckpointFormatError(f"{tag_dir} is incomplete or damaged: {problem}. Use another tag (ds-deblur "
+                                    f"inspect {tag_dir.parent} lists them) or --resume auto, which "
                                     f"falls back to the newest complete one")
     return Location("tag", tag_dir)

@@ -48,7 +48,7 @@ def prepare(tag_dir: Path) -> Path:
     if distributed.any_rank(error is not None):
         raise UniversalError(f"Converting {tag_dir} to DeepSpeed's universal format (to resume it on another "
                              f"world size) failed: {error or 'see rank 0'}. Resume from its single file "
-                             f"(last.pth, or python -m ds_deblur.convert {tag_dir}) instead") from error
+                             f"(last.pth, or ds-deblur convert {tag_dir}) instead") from error
     return cache_of(tag_dir)
 
 

@@ -56,7 +56,7 @@ def read_weights(path: PathLike, ema: Optional[bool] = False) -> Weights:
             meta = handle.metadata() or {}
         if ema and meta.get("weights") != "ema":
             raise CheckpointFormatError(f"{path} is an export of the trained weights, not of the EMA weights "
-                                        f"(export those with python -m ds_deblur.convert ... --weights-only --ema)")
+                                        f"(export those with ds-deblur convert ... --weights-only --ema)")
         return Weights(rename_legacy_keys(load_file(str(path))), json.loads(meta.get("config", "null")),
                        json.loads(meta.get("spike", "null")), "weights export")
     obj = read_weights_only(path)

@@ -1,6 +1,7 @@
 """Spike-camera deblurring data: .dat I/O, voxels, clips, resumable sampling, synthetic data, checks."""
+from ds_deblur.errors import DatasetError
+
 from .dataset import ClipOptions, SpikeDeblurDataset
-from .errors import DatasetError
 from .layout import SequenceInfo, resolve_spike_size, scan_split
 from .loader import ResumableDataLoader, build_dataloaders, build_datasets, load_voxel_stats, seed_worker
 from .sampler import ResumableDistributedSampler, SampleKey

@@ -1,6 +1,6 @@
 """Validate a whole dataset and print a summary.
 
-    python -m ds_deblur.data.check ROOT [--spike-size H W] [--k 32] [--clip-len 5] [--crop-size 0]
+    ds-deblur check ROOT [--spike-size H W] [--k 32] [--clip-len 5] [--crop-size 0]
                                         [--splits train val] [--voxel-cache] [--spike-root DIR]
 
 ROOT is the unified layout or the GoPro spike release (``ROOT/GOPRO_Large`` + ``ROOT/GOPRO_Large_spike_seq``,
@@ -16,7 +16,8 @@ import sys
 from collections import Counter
 from typing import Optional, Sequence
 
-from .errors import DatasetError
+from ds_deblur.errors import DatasetError
+
 from .layout import Root, SplitScan, scan_split
 from .roots import add_layout_arguments, layout_options, open_layout
 from .voxel import STATS_FILE
@@ -39,7 +40,7 @@ def check(root: Root, splits: Sequence[str], spike_size: Optional[Sequence[int]]
     for scan in scans:
         print(_row(scan))
     stats = layout.stats_dir / STATS_FILE
-    print(f"{stats}: {'present' if stats.is_file() else 'missing (run python -m ds_deblur.data.prepare ROOT)'}")
+    print(f"{stats}: {'present' if stats.is_file() else 'missing (run ds-deblur prepare ROOT)'}")
     return [problem for scan in scans for problem in scan.problems]
 
 
@@ -54,7 +55,7 @@ def _row(scan: SplitScan) -> str:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m ds_deblur.data.check", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="ds-deblur check", description=__doc__.split("\n\n")[0])
     parser.add_argument("root", help="dataset root: train/ and val/, or the release's GOPRO_Large*/ folders")
     parser.add_argument("--spike-size", type=int, nargs=2, metavar=("H", "W"),
                         help="spike sensor size (default: spike_size in ROOT/meta.yaml)")

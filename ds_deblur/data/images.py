@@ -7,7 +7,8 @@ from typing import Optional
 import numpy as np
 from PIL import Image
 
-from .errors import DatasetError
+from ds_deblur.errors import DatasetError
+
 from .layout import file_kind
 
 Window = tuple[int, int, int, int]  # top, left, height, width
@@ -32,4 +33,4 @@ def read_rgb(path: Path, size: tuple[int, int], window: Optional[Window] = None)
         if isinstance(err, DatasetError):
             raise
         raise DatasetError(f"cannot read {file_kind(path)} {path} ({err}); "
-                           f"check the dataset with python -m ds_deblur.data.check ROOT") from err
+                           f"check the dataset with ds-deblur check ROOT") from err

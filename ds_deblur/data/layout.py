@@ -18,7 +18,8 @@ from typing import Optional, Sequence, Union
 import numpy as np
 from PIL import Image
 
-from .errors import DatasetError
+from ds_deblur.errors import DatasetError
+
 from .roots import META_FILE, DataLayout, LayoutOptions, SequenceDirs, open_layout, read_meta
 from .spike_io import dat_frame_count
 
@@ -69,7 +70,7 @@ class SplitScan:
             listing = "\n  - ".join(self.problems)
             raise DatasetError(f"{len(self.problems)} problem(s) in split '{self.split}':\n  - {listing}\n"
                                f"Fix these sequences or move them out of the split; "
-                               f"`python -m ds_deblur.data.check ROOT` lists every problem of the dataset.")
+                               f"`ds-deblur check ROOT` lists every problem of the dataset.")
 
 
 def resolve_spike_size(root: Root, spike_size: Optional[Sequence[int]] = None) -> tuple[int, int]:
@@ -241,7 +242,7 @@ def _check_dat(path: Path, label: str, problems: list[str], spike_size: Sequence
 
 def _check_voxel(path: Path, label: str, problems: list[str], shape: tuple[int, ...]) -> None:
     if not path.is_file():
-        problems.append(f"{label}: missing voxel cache file {path} (run python -m ds_deblur.data.prepare ROOT)")
+        problems.append(f"{label}: missing voxel cache file {path} (run ds-deblur prepare ROOT)")
         return
     try:
         found = np.load(path, mmap_mode="r").shape
@@ -250,4 +251,4 @@ def _check_voxel(path: Path, label: str, problems: list[str], shape: tuple[int, 
         return
     if found != shape:
         problems.append(f"{label}: voxel cache {path} has shape {found}, expected {shape} (K, spike H, spike W); "
-                        f"rerun python -m ds_deblur.data.prepare ROOT --k {shape[0]}")
+                        f"rerun ds-deblur prepare ROOT --k {shape[0]}")

@@ -11,8 +11,9 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
+from ds_deblur.errors import DatasetError
+
 from .dataset import ClipOptions, SpikeDeblurDataset
-from .errors import DatasetError
 from .layout import Root
 from .roots import DataLayout, LayoutOptions, open_layout
 from .sampler import ResumableDistributedSampler
@@ -67,7 +68,7 @@ def load_voxel_stats(root: Root, k: int, spike_size: Sequence[int], mean: Option
         stats = _estimate_stats(layout, train_split, k, spike_size)
         warnings.warn(f"{layout.stats_dir / STATS_FILE} not found: voxel mean/std estimated from {stats.frames} "
                       f"training frames ({stats.mean:.4f}, {stats.std:.4f}); run "
-                      f"`python -m ds_deblur.data.prepare {layout.root}` to compute them over the whole train split",
+                      f"`ds-deblur prepare {layout.root}` to compute them over the whole train split",
                       stacklevel=2)
     return stats.mean, stats.std
 

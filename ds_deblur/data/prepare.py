@@ -1,6 +1,6 @@
 """Precompute the spike voxel cache and the dataset's voxel statistics.
 
-    python -m ds_deblur.data.prepare ROOT [--k 32] [--spike-size H W] [--dtype float16] [--workers 4] [--stats-only]
+    ds-deblur prepare ROOT [--k 32] [--spike-size H W] [--dtype float16] [--workers 4] [--stats-only]
 
 Writes ``SEQ/spike_vox/NNNNNN.npy`` beside ``SEQ/spike/NNNNNN.dat`` for every frame of every split (in the release
 layout under ``GOPRO_Large_spike_seq``, whose ``test`` split stands in for ``val``): the *un-normalised* log1p spike
@@ -23,7 +23,8 @@ from typing import Iterator, Optional, Sequence
 
 import numpy as np
 
-from .errors import DatasetError
+from ds_deblur.errors import DatasetError
+
 from .layout import Root, scan_split
 from .roots import add_layout_arguments, layout_options, open_layout
 from .voxel import VoxelStats, compute_stats, voxelize_dat
@@ -80,7 +81,7 @@ def _run(jobs: list, workers: int) -> Iterator[np.ndarray]:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m ds_deblur.data.prepare", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="ds-deblur prepare", description=__doc__.split("\n\n")[0])
     parser.add_argument("root", help="dataset root: train/ and val/, or the release's GOPRO_Large*/ folders")
     parser.add_argument("--k", type=int, default=32, help="voxel bins (DATA.K)")
     parser.add_argument("--spike-size", type=int, nargs=2, metavar=("H", "W"),

@@ -22,7 +22,7 @@ from typing import Any, Optional, Sequence
 
 import yaml
 
-from .errors import DatasetError
+from ds_deblur.errors import DatasetError
 
 META_FILE = "meta.yaml"
 RELEASE_FRAMES, RELEASE_SPIKES, RELEASE_CONFIG = "GOPRO_Large", "GOPRO_Large_spike_seq", "config.yaml"

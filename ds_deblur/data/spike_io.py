@@ -13,7 +13,7 @@ from typing import Sequence, Union
 
 import numpy as np
 
-from .errors import DatasetError
+from ds_deblur.errors import DatasetError
 
 PathLike = Union[str, os.PathLike]
 

@@ -1,6 +1,6 @@
 """What a dataset's spike streams tell on their own, before any learning.
 
-    python -m ds_deblur.data.spike_quality ROOT [--split val] [--windows 4 8 16 32 64] [--threshold TH]
+    ds-deblur spike-quality ROOT [--split val] [--windows 4 8 16 32 64] [--threshold TH]
                                                 [--out FILE.json]
 
 The plainest spike reconstruction, texture from playback (TFP): the spikes a pixel fired in a window of W spike
@@ -29,7 +29,8 @@ from typing import Optional, Sequence
 import numpy as np
 from PIL import Image
 
-from .errors import DatasetError
+from ds_deblur.errors import DatasetError
+
 from .images import GREY
 from .layout import scan_split
 from .roots import open_layout, read_meta
@@ -140,7 +141,7 @@ def table(results: dict) -> str:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m ds_deblur.data.spike_quality",
+    parser = argparse.ArgumentParser(prog="ds-deblur spike-quality",
                                      description=__doc__.split("\n\n")[0])
     parser.add_argument("root", type=Path, help="dataset root (either layout)")
     parser.add_argument("--split", default="val")

@@ -1,6 +1,6 @@
 """Synthetic spike-camera deblurring data in the real layout (DESIGN §4).
 
-    python -m ds_deblur.data.synth --out DIR [--seed 0 --train-seqs 6 --val-seqs 2 --frames 16
+    ds-deblur synth --out DIR [--seed 0 --train-seqs 6 --val-seqs 2 --frames 16
                                               --size 96x96 --spike-size 96x96 --subframes 64 --threshold 1.0
                                               --dark-rate 0.00714 --photons 0 --saturation 0.6 --chroma-detail 0.2
                                               --layout unified|gopro --report]
@@ -367,7 +367,7 @@ def _size(text: str) -> tuple[int, int]:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     d = SynthConfig()
-    parser = argparse.ArgumentParser(prog="python -m ds_deblur.data.synth", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="ds-deblur synth", description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", required=True, help="new dataset root")
     parser.add_argument("--seed", type=int, default=d.seed)
     parser.add_argument("--train-seqs", type=int, default=d.train_seqs)

@@ -24,7 +24,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .errors import DatasetError
+from ds_deblur.errors import DatasetError
+
 from .spike_io import PathLike, open_dat, read_bands, read_dat_window, rows_are_bytes
 
 STATS_FILE = "voxel_stats.json"
@@ -93,7 +94,7 @@ def read_voxel_window(path: PathLike, box: Window) -> np.ndarray:
         start = f.tell()
     if fortran or len(shape) != 3:
         raise DatasetError(f"{path}: expected a C-ordered (K, H, W) voxel array, got shape {shape}"
-                           f"{' in Fortran order' if fortran else ''}; rerun python -m ds_deblur.data.prepare")
+                           f"{' in Fortran order' if fortran else ''}; rerun ds-deblur prepare")
     k, _, grid_w = shape
     row = grid_w * dtype.itemsize
     offsets = [start + (b * shape[1] + top) * row for b in range(k)]
@@ -195,10 +196,10 @@ class VoxelStats:
             stats = cls(**json.loads(path.read_text()))
         except (ValueError, TypeError) as err:
             raise DatasetError(f"{path}: not a valid voxel stats file ({err}); "
-                               f"rewrite it with python -m ds_deblur.data.prepare {root}") from err
+                               f"rewrite it with ds-deblur prepare {root}") from err
         if stats.k != k:
             raise DatasetError(f"{path} was computed for K={stats.k} voxel bins but DATA.K={k}; rerun "
-                               f"python -m ds_deblur.data.prepare {root} --k {k} (or set DATA.NORM.MEAN/STD)")
+                               f"ds-deblur prepare {root} --k {k} (or set DATA.NORM.MEAN/STD)")
         return stats
 
 

@@ -35,7 +35,7 @@ class VRTWithSpike(nn.Module):
 
     @property
     def size_multiple(self) -> int:
-        """H and W must be multiples of this (pad first, as ds_deblur.tiling does): VRT's coarsest window."""
+        """H and W must be multiples of this (pad first, as ds_deblur.inference.tiling does): VRT's coarsest window."""
         return max(self.vrt.required_multiple)
 
     def forward(self, blur: torch.Tensor, spike_vox: torch.Tensor) -> torch.Tensor:

@@ -8,16 +8,15 @@ import pytest
 import torch
 import yaml
 from PIL import Image
+from test_bad_data import build, expect_error
 
 from ds_deblur.data import DatasetError, SampleKey, build_datasets
+from ds_deblur.data.check import main as check_main
 from ds_deblur.data.layout import frame_files
 from ds_deblur.data.loader import load_voxel_stats
-from ds_deblur.data.check import main as check_main
-from ds_deblur.data.prepare import main as prepare_main
-from ds_deblur.data.prepare import prepare
+from ds_deblur.data.prepare import main as prepare_main, prepare
 from ds_deblur.data.roots import LayoutOptions, open_layout, sequence_dirs_of
 from ds_deblur.data.synth import main as synth_main
-from test_bad_data import build, expect_error
 
 FRAMES, SPIKES = "GOPRO_Large", "GOPRO_Large_spike_seq"
 TRAIN_SEQ, TEST_SEQ = "GOPR0372_00_00", "GOPR0472_00_00"
@@ -143,7 +142,7 @@ def test_a_release_sequence_given_alone_finds_its_spikes(gopro_root, tiny_root):
 
 
 def check(capsys, root, *args):
-    """``python -m ds_deblur.data.check`` in this process: (exit status, printed text)."""
+    """``ds-deblur check`` in this process: (exit status, printed text)."""
     status = check_main([str(root), "--k", "4", "--clip-len", "3", *map(str, args)])
     return status, capsys.readouterr().out
 

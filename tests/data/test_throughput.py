@@ -3,7 +3,7 @@ import os
 
 import pytest
 
-from ds_deblur.data import throughput
+from ds_deblur.bench import loader_speed
 from ds_deblur.data.prepare import prepare
 from ds_deblur.data.synth import SynthConfig, generate
 
@@ -12,17 +12,17 @@ SMALL_GOPRO = SynthConfig.first_generator(seed=2, train_seqs=1, val_seqs=1, fram
                                            spike_size=(64, 128), subframes=64, objects=(1, 2))
 
 
-@pytest.mark.skipif(throughput.read_bytes_so_far() is None, reason="needs Linux's /proc/self/io")
+@pytest.mark.skipif(loader_speed.read_bytes_so_far() is None, reason="needs Linux's /proc/self/io")
 @pytest.mark.parametrize("cache", [False, True])
 def test_a_training_clip_reads_its_frames_and_only_the_crop_of_its_spike_streams(tmp_path, cache):
     root = generate(tmp_path / "gopro", SMALL_GOPRO, layout="gopro")
     prepare(root, k=32)
-    times, read, dataset = throughput.time_loader(root, crop=32, workers=0, cache=cache, batches=3, warmup=1)
+    times, read, dataset = loader_speed.time_loader(root, crop=32, workers=0, cache=cache, batches=3, warmup=1)
     assert len(times) == 3 and read is not None
     seq = dataset.sequences[0]
     stream = seq.voxel(0) if cache else seq.spike(0)
-    streams = throughput.CLIP_LEN * os.path.getsize(stream)  # all frames' streams have one size
-    files = throughput.file_bytes_per_clip(dataset)
+    streams = loader_speed.CLIP_LEN * os.path.getsize(stream)  # all frames' streams have one size
+    files = loader_speed.file_bytes_per_clip(dataset)
     # The PNGs are read whole (decoding needs them); of the spike streams, only the rows under the 32-pixel crop:
     # 16 + 2 of 64 sensor rows (28%).
     assert files - streams < read < files - 0.6 * streams

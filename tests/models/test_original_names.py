@@ -7,7 +7,7 @@ import pytest
 
 from ds_deblur.config import ConfigError, load_config
 from ds_deblur.models import build_model, rename_legacy_keys
-from original_trainer import REFERENCE_STATE_DICT, reference_raw
+from support.original_trainer import REFERENCE_STATE_DICT, reference_raw
 
 LEGACY_KEYS = Path(__file__).with_name("spike_keys_before_original_names.txt")
 TINY = {"DATA": {"ROOT": "unused", "CLIP_LEN": 2, "CROP_SIZE": 64, "K": 4}, "MODEL": {"PRESET": "tiny"}}

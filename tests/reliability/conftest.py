@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from train_utils import make_dataset
+from support.train_utils import make_dataset
 
 from reliability_settings import RESULTS_ENV
 

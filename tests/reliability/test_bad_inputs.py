@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from train_utils import REPO, output_of, run_train
+from support.train_utils import REPO, output_of, run_train
 
 SETS = ["TRAIN.TOTAL_STEPS=2", "TRAIN.VAL_EVERY_STEPS=100", "LOG.SAVE_EVERY_STEPS=2"]
 

@@ -12,12 +12,12 @@ from pathlib import Path
 
 import pytest
 import torch
+from reliability_settings import SEED, TRIALS
+from support.train_utils import REPO, ds_json, output_of, run_train, train_command
 
 from ds_deblur.ckpt.tags import committed_step, newest_complete, read_latest, step_tag, tag_problem
-from ds_deblur.faults import KILL_IN_EXPORT_ENV, KILL_IN_SAVE_ENV
 from ds_deblur.run_log import read_train_log
-from reliability_settings import SEED, TRIALS
-from train_utils import REPO, ds_json, output_of, run_train, train_command
+from ds_deblur.testing.faults import KILL_IN_EXPORT_ENV, KILL_IN_SAVE_ENV
 
 STEPS = 10
 SETS = [f"TRAIN.TOTAL_STEPS={STEPS}", "TRAIN.VAL_EVERY_STEPS=5", "LOG.SAVE_EVERY_STEPS=2", "LOG.KEEP_LAST=2"]

@@ -12,7 +12,7 @@ import psutil
 import pytest
 
 from reliability_settings import LOAD_STEPS
-from train_utils import REPO, train_command
+from support.train_utils import REPO, train_command
 
 SAVE_EVERY, KEEP_LAST = 5, 2
 

@@ -11,7 +11,7 @@ import torch
 from ds_deblur.ckpt.gather import fp32_state_dict
 from ds_deblur.run_log import read_train_log
 from reliability_settings import FULL
-from train_utils import ds_json, output_of, run_train
+from support.train_utils import ds_json, output_of, run_train
 
 FP16 = {"enabled": True, "loss_scale": 0, "initial_scale_power": 8, "hysteresis": 1, "min_loss_scale": 1,
         "loss_scale_window": 1000}

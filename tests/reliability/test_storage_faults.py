@@ -15,7 +15,7 @@ import torch
 from ds_deblur.ckpt.tags import read_latest, tag_problem
 from ds_deblur.run_log import read_train_log
 from reliability_settings import FULL
-from train_utils import output_of, run_train
+from support.train_utils import output_of, run_train
 
 SETS = ["TRAIN.TOTAL_STEPS=6", "TRAIN.VAL_EVERY_STEPS=100", "LOG.SAVE_EVERY_STEPS=2", "LOG.KEEP_LAST=5"]
 

@@ -1,0 +1,211 @@
+"""What ``ds-deblur infer`` is built from: a model from any of our checkpoints, sequences read from disk
+with the spike input the model was trained on, and whole sequences restored in overlapping temporal windows.
+
+Temporal windows: a sequence of N frames is covered by windows of ``clip_len`` frames that overlap by ``overlap``
+frames (default half a clip), placed as VRT's test script places its temporal tiles (``tiling.tile_starts``: stride
+``clip_len - overlap``, the last window ending at the last frame); each frame's outputs are blended with weights
+that fall towards a window's ends over the overlap (``tiling.blend_ramp``), so a frame gets temporal context on
+both sides wherever the sequence has it. A frame is handed out as soon as no later window covers it: memory holds
+about two windows, whatever the sequence length. A sequence shorter than a clip runs as one window padded with
+repeats of its last frame.
+
+Sequences come from a dataset in either layout (``ds_deblur.data.roots``) or from folders given one by one.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterator, Optional
+
+import numpy as np
+import torch
+
+from ds_deblur.ckpt.weights import Weights, load_into
+from ds_deblur.config import Config, load_config
+from ds_deblur.data.images import read_rgb
+from ds_deblur.data.layout import SequenceInfo, frame_files, image_size
+from ds_deblur.data.roots import DataLayout, LayoutOptions, SequenceDirs, open_layout, sequence_dirs_of
+from ds_deblur.data.voxel import STATS_FILE, VoxelStats, resample_window, voxelize_dat
+from ds_deblur.errors import DatasetError, InferenceError
+from ds_deblur.inference.tiling import blend_ramp, tile_starts
+from ds_deblur.models import build_model
+
+ClipForward = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (T,3,H,W), (T,K,H,W) -> (T,3,H,W)
+
+
+# --- the model ---------------------------------------------------------------------------------------------------
+
+def build_from(weights: Weights, path: Path, config: Optional[Path] = None) -> tuple[torch.nn.Module, Config]:
+    """The model of ``weights`` (``ds_deblur.ckpt.weights.read_weights``) loaded strictly; ``config`` (a run's
+    config.yaml) replaces the stored config."""
+    if config is None and weights.config is None:
+        raise InferenceError(f"{path} ({weights.what}) holds no model config: pass --config RUN_DIR/config.yaml of "
+                             f"the run it came from (or use last.pth / best.pth, which carry it)")
+    cfg = load_config(config if config is not None else weights.config)
+    model = build_model(cfg)
+    load_into(model, weights, path)
+    return model.eval(), cfg
+
+
+# --- the spike input -----------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class SpikeInput:
+    """How a frame's spike stream becomes the model's input: sensor size, bins, normalisation."""
+    size: tuple[int, int]
+    k: int
+    mean: float
+    std: float
+
+
+def spike_input(cfg: Config, recorded: Optional[dict], data: Optional[DataLayout],
+                mean: Optional[float] = None, std: Optional[float] = None) -> SpikeInput:
+    """The spike input of the checkpoint, checked against the dataset ``data`` (what its files record).
+
+    Sensor size: what the data records (meta.yaml, or the release's config.yaml), which must agree with what the
+    checkpoint was trained on; else the checkpoint's. Mean/std: given, else the checkpoint's, else its config's,
+    else voxel_stats.json of the data or of the training data."""
+    recorded = recorded or {}
+    trained = recorded.get("size") or cfg.DATA.SPIKE_SIZE or training_layout(cfg).recorded_spike_size()
+    here = data.recorded_spike_size() if data is not None else None
+    if here is not None and trained is not None and tuple(here) != tuple(trained):
+        raise InferenceError(f"the checkpoint was trained on spike size {list(trained)} but the data at {data.root} "
+                             f"records {list(here)}: the spike streams do not match this model")
+    size = here or trained
+    if size is None:
+        where = data.root if data is not None else "ROOT"
+        raise InferenceError(f"spike sensor size unknown: add spike_size: [H, W] to {where}/meta.yaml (the release "
+                             f"records spike_h/spike_w in GOPRO_Large_spike_seq/config.yaml)")
+    if recorded.get("k") not in (None, cfg.DATA.K):
+        raise InferenceError(f"the checkpoint records {recorded['k']} spike bins but its config says {cfg.DATA.K}")
+    if mean is None or std is None:
+        mean, std = _recorded_stats(cfg, recorded, data)
+    return SpikeInput((int(size[0]), int(size[1])), cfg.DATA.K, float(mean), float(std))
+
+
+def training_layout(cfg: Config) -> DataLayout:
+    """The dataset the checkpoint's config trained on (it may not exist on this machine)."""
+    return open_layout(cfg.DATA.ROOT, LayoutOptions.from_config(cfg.DATA))
+
+
+def _recorded_stats(cfg: Config, recorded: dict, data: Optional[DataLayout]) -> tuple[float, float]:
+    if recorded.get("mean") is not None:
+        return recorded["mean"], recorded["std"]
+    if cfg.DATA.NORM.MEAN is not None:
+        return cfg.DATA.NORM.MEAN, cfg.DATA.NORM.STD
+    for layout in (data, training_layout(cfg)):
+        stats = VoxelStats.load(layout.stats_dir, cfg.DATA.K) if layout and layout.stats_dir.is_dir() else None
+        if stats is not None:
+            return stats.mean, stats.std
+    raise InferenceError(f"the spike normalisation the model was trained with is unknown: pass --spike-mean and "
+                         f"--spike-std, or put the training data's {STATS_FILE} in the data root")
+
+
+# --- sequences -----------------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Sequence(SequenceInfo):
+    """One sequence to restore: blur frames with a spike file each (``.dat`` or the voxel cache), and sharp frames
+    for all of them or none."""
+    has_sharp: bool = False
+
+
+def find_sequences(options: LayoutOptions, root: Optional[Path] = None, split: str = "val",
+                   folders: tuple[Path, ...] = ()) -> tuple[list[SequenceDirs], Optional[DataLayout]]:
+    """Every sequence of ``split`` of the dataset at ``root`` (either layout), or the sequence ``folders`` given
+    one by one; and the dataset they belong to (whose files record the spike sensor size), if any."""
+    if root is not None:
+        layout = open_layout(root, options)
+        seqs = layout.sequences(split)
+        if not seqs:
+            raise InferenceError(f"{layout.frames_dir(split)} has no sequence folders (expected "
+                                 f"{layout.frames_dir(split)}/SEQ/blur/*.png; {layout.describe()})")
+        return seqs, layout
+    missing = [p for p in folders if not p.is_dir()]
+    if missing:
+        raise InferenceError(f"--input {missing[0]} is not a folder")
+    found = [sequence_dirs_of(p, options) for p in folders]
+    return [seq for seq, _ in found], found[0][1]
+
+
+def open_sequence(dirs: SequenceDirs, spike: SpikeInput, options: LayoutOptions = LayoutOptions()) -> Sequence:
+    """Check a sequence (blur frames, a spike file per frame, sharp frames all or none) and index it."""
+    blur_dir = dirs.frames / "blur"
+    blur, _ = frame_files(blur_dir, options.image_exts)
+    if not blur:
+        raise InferenceError(f"{blur_dir} has no frames ({'/'.join(options.image_exts)}) (expected "
+                             f"SEQ/blur/NNNNNN.png)")
+    spikes, cache = dirs.spikes / options.spike_dir, dirs.spikes / options.voxel_dir
+    missing = [n for n in blur if not (spikes / f"{n}.dat").is_file() and not (cache / f"{n}.npy").is_file()]
+    if missing:
+        raise InferenceError(f"{dirs.frames}: {len(missing)} frame(s) have no spike file, e.g. "
+                             f"{spikes / missing[0]}.dat; every blurry frame needs its spike stream")
+    sharp, _ = frame_files(dirs.frames / "sharp", options.image_exts)
+    has_sharp = all(n in sharp for n in blur)
+    try:
+        size = image_size(blur_dir / next(iter(blur.values())), verify=False)
+    except (OSError, ValueError, SyntaxError) as err:
+        raise DatasetError(f"cannot read {blur_dir / next(iter(blur.values()))} ({err})") from err
+    return Sequence(dirs.name, dirs.frames, tuple(blur), size, tuple(blur.values()),
+                    tuple(sharp[n] for n in blur) if has_sharp else (), dirs.spikes, options.spike_dir,
+                    options.voxel_dir, has_sharp)
+
+
+def load_frame(seq: Sequence, i: int, spike: SpikeInput) -> tuple[torch.Tensor, torch.Tensor]:
+    """(blur (3,H,W) in [0,1], normalised spike voxel (K,H,W)) of frame ``i``."""
+    blur = read_frame(seq.blur(i), seq.size)
+    if seq.spike(i).is_file():
+        vox = voxelize_dat(seq.spike(i), spike.size, spike.k)
+    else:
+        vox = np.load(seq.voxel(i), mmap_mode="r")
+        if vox.shape[0] != spike.k:
+            raise InferenceError(f"{seq.voxel(i)} holds {vox.shape[0]} spike bins; the model takes DATA.K = {spike.k}")
+    vox = resample_window(vox, seq.size, (0, 0, *seq.size))
+    return blur, torch.from_numpy((vox - spike.mean) / spike.std)
+
+
+def read_frame(path: Path, size: tuple[int, int]) -> torch.Tensor:
+    """A frame as float32 (3, H, W) in [0, 1]; it must be ``size``."""
+    return torch.from_numpy(read_rgb(path, size).transpose(2, 0, 1).astype(np.float32) / 255.0)
+
+
+# --- whole sequences -----------------------------------------------------------------------------------------------
+
+def window_starts(num_frames: int, clip_len: int, overlap: Optional[int] = None) -> list[int]:
+    """First frames of the temporal windows: ``overlap`` frames shared (default half a clip); one window for a
+    short sequence."""
+    overlap = clip_len // 2 if overlap is None else overlap
+    return tile_starts(num_frames, clip_len, overlap) if num_frames > clip_len else [0]
+
+
+FrameLoader = Callable[[Sequence, int, SpikeInput], tuple[torch.Tensor, torch.Tensor]]  # load_frame's signature
+
+
+def restore_sequence(seq: Sequence, spike: SpikeInput, forward: ClipForward, clip_len: int,
+                     overlap: Optional[int] = None, load: Optional[FrameLoader] = None
+                     ) -> Iterator[tuple[int, torch.Tensor]]:
+    """Yield (frame index, restored (3,H,W) float32) for every frame of ``seq``, in order, each exactly once.
+    Windows of ``clip_len`` frames overlap by ``overlap`` (default half a clip); frames are read by ``load``
+    (default ``load_frame``), each once, in increasing order."""
+    load = load or load_frame
+    n = len(seq.frames)
+    overlap = clip_len // 2 if overlap is None else overlap
+    starts = window_starts(n, clip_len, overlap)
+    ramp = blend_ramp(clip_len, overlap, torch.device("cpu"))
+    inputs: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+    sums: dict[int, torch.Tensor] = {}
+    weights: dict[int, float] = {}
+    for w, start in enumerate(starts):
+        index = [min(start + j, n - 1) for j in range(clip_len)]  # a short sequence repeats its last frame
+        for i in index:
+            if i not in inputs:
+                inputs[i] = load(seq, i, spike)
+        out = forward(torch.stack([inputs[i][0] for i in index]), torch.stack([inputs[i][1] for i in index]))
+        for j in range(min(clip_len, n - start)):
+            i = start + j
+            sums[i] = sums[i] + out[j] * ramp[j] if i in sums else out[j] * ramp[j]
+            weights[i] = weights.get(i, 0.0) + float(ramp[j])
+        done_before = starts[w + 1] if w + 1 < len(starts) else n
+        for i in [i for i in sorted(sums) if i < done_before]:
+            inputs.pop(i, None)
+            yield i, sums.pop(i) / weights.pop(i)
