@@ -1,8 +1,8 @@
 """The one error family: everything ds_deblur raises on bad input derives from ``DsDeblurError``.
 
 Entry points catch the base and print its message (which names the file or key and says what to do); anything
-else is a bug and keeps its traceback. The classes also derive from the builtin error they used to be
-(``ValueError``, ``RuntimeError``, ``FileNotFoundError``) so callers that caught those keep working.
+else is a bug and keeps its traceback. Each class also derives from a builtin error
+(``ValueError``, ``RuntimeError``, ``FileNotFoundError``), so callers that catch the builtin catch it too.
 """
 from __future__ import annotations
 

@@ -1,23 +1,26 @@
-"""Training losses: Charbonnier on pixels plus an optional VGG16 perceptual term.
+"""Training losses: Charbonnier on pixels plus an optional VGG16 perceptual term, as the original trainer computes them.
 
-Semantics follow the original spike-deblur trainer:
 - Charbonnier: ``mean(sqrt((pred - target)^2 + delta^2))`` with ``delta = 1e-3``. The constant inside the square
   root is ``delta**2`` (1e-6), not ``delta`` itself; BasicSR's ``CharbonnierLoss(eps=1e-12)`` puts ``eps`` inside
   unsquared, so BasicSR's eps=1e-12 corresponds to delta=1e-6 here.
-- Perceptual: L1 distance between VGG16 features at one ReLU layer (``relu3_3`` by default) of ImageNet-normalised
-  [0, 1] images; total loss = LOSS.CHARBONNIER.WEIGHT * charbonnier + LOSS.VGG_PERCEPTUAL.WEIGHT * perceptual.
+- Perceptual: for each listed ReLU layer (``relu3_3`` by default) the mean L1 distance between VGG16 features of the
+  prediction and of the target, averaged over the layers. Inputs are [0, 1] images normalised with ImageNet's
+  mean/std (0.485, 0.456, 0.406) / (0.229, 0.224, 0.225) whatever file the weights come from: that is what the
+  original applies, also to torchvision's IMAGENET1K_FEATURES weights (whose own transform would be
+  [0, 255]-scaled input minus (0.48235, 0.45882, 0.40784)).
+- Total loss = LOSS.CHARBONNIER.WEIGHT * charbonnier + LOSS.VGG_PERCEPTUAL.WEIGHT * perceptual.
 
-VGG16 is built here (no torchvision) with torchvision's parameter names, so torchvision's ImageNet file
-``vgg16-397923af.pth`` loads directly. Weights are never downloaded: the user points LOSS.VGG_PATH at a local file;
-when it is null, the file torchvision (and so the original trainer) downloaded into torch's hub cache is used if
-it is there.
+VGG16 is built here (no torchvision) with torchvision's parameter names, so both of torchvision's VGG16 files load
+directly (full ``VGG`` state dicts: ``features.<i>.*`` plus ``classifier.*``, which is NaN in the features file and
+ignored here). Weights are never downloaded: LOSS.VGG_PATH names a local file; when it is null, torch's hub cache
+is searched for the file the original trainer downloaded (``IMAGENET1K_FEATURES``), then for ``IMAGENET1K_V1``.
 """
 
 from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping, Optional, Sequence, Union
 
 import torch
 import torch.nn.functional as F
@@ -25,8 +28,14 @@ from torch import nn
 
 from ds_deblur.errors import WeightsNotFoundError
 
-VGG16_URL = "https://download.pytorch.org/models/vgg16-397923af.pth"
-VGG16_FILE = VGG16_URL.rsplit("/", 1)[1]
+Say = Callable[[str], None]
+Layers = Union[str, Sequence[str]]
+
+_DOWNLOADS = "https://download.pytorch.org/models/"
+# torchvision's VGG16 files by weights name, in the order a null LOSS.VGG_PATH looks for them in torch's hub cache:
+# the original trainer's vgg16(weights=VGG16_Weights.IMAGENET1K_FEATURES) first.
+HUB_VGG16_FILES = {"vgg16_features-amdegroot-88682ab5.pth": "IMAGENET1K_FEATURES",
+                   "vgg16-397923af.pth": "IMAGENET1K_V1"}
 
 # VGG16 "D" configuration: conv output channels, "M" = 2x2 max-pool. Expanding it with a ReLU after every conv
 # reproduces torchvision's `features` indices, which the layer table below and the weight file keys rely on.
@@ -47,6 +56,32 @@ def charbonnier_loss(pred: torch.Tensor, target: torch.Tensor, delta: float = 1e
     return torch.sqrt(diff * diff + delta * delta).mean()
 
 
+def hub_vgg16_path() -> Optional[Path]:
+    """The first of ``HUB_VGG16_FILES`` present in torch's hub cache (``$TORCH_HOME/hub/checkpoints``), else None."""
+    checkpoints = Path(torch.hub.get_dir()) / "checkpoints"
+    return next((checkpoints / name for name in HUB_VGG16_FILES if (checkpoints / name).is_file()), None)
+
+
+def find_vgg16_weights(vgg_path: Optional[Union[str, Path]]) -> tuple[Path, str]:
+    """The VGG16 file the perceptual term loads (LOSS.VGG_PATH, else the hub cache's) and one line saying which."""
+    if vgg_path is not None:
+        return Path(vgg_path), f"[loss] VGG16 perceptual weights: {vgg_path} (LOSS.VGG_PATH)"
+    found = hub_vgg16_path()
+    if found is None:
+        raise WeightsNotFoundError(_no_hub_file_error())
+    return found, (f"[loss] VGG16 perceptual weights: {found} (torchvision's {HUB_VGG16_FILES[found.name]}, found in "
+                   f"torch's hub cache because LOSS.VGG_PATH is null)")
+
+
+def _no_hub_file_error() -> str:
+    checkpoints = Path(torch.hub.get_dir()) / "checkpoints"
+    files = " nor ".join(f"{name} (torchvision's {weights})" for name, weights in HUB_VGG16_FILES.items())
+    return (f"LOSS.VGG_PERCEPTUAL.WEIGHT > 0 needs VGG16 weights: LOSS.VGG_PATH is null and {checkpoints} holds "
+            f"neither {files}. Weights are never downloaded: set LOSS.VGG_PATH to a local VGG16 file, or put "
+            f"{_DOWNLOADS}{next(iter(HUB_VGG16_FILES))} (the original trainer's) into that folder, or set "
+            f"LOSS.VGG_PERCEPTUAL.WEIGHT: 0.")
+
+
 def _vgg16_features(last_index: int) -> nn.Sequential:
     layers: list[nn.Module] = []
     in_ch = 3
@@ -60,12 +95,10 @@ def _vgg16_features(last_index: int) -> nn.Sequential:
 
 
 def _weights_error(path: Path, problem: str) -> str:
-    return (
-        f"VGG16 weights {problem}: {path}. Weights are never downloaded at run time. Download torchvision's "
-        f"ImageNet VGG16 file ({VGG16_URL}) or save `torchvision.models.vgg16(weights='IMAGENET1K_V1')"
-        f".state_dict()`, then set LOSS.VGG_PATH to the local file (or LOSS.VGG_WEIGHT: 0 to train without the "
-        f"perceptual term)."
-    )
+    names = " or ".join(f"{_DOWNLOADS}{name} ({weights})" for name, weights in HUB_VGG16_FILES.items())
+    return (f"VGG16 weights {problem}: {path}. Weights are never downloaded at run time. Download torchvision's "
+            f"VGG16 file ({names}), then set LOSS.VGG_PATH to the local file (or LOSS.VGG_PERCEPTUAL.WEIGHT: 0 to "
+            f"train without the perceptual term).")
 
 
 def _read_state_dict(path: Path) -> Mapping[str, Any]:
@@ -113,20 +146,18 @@ def _features_state(state: Mapping[str, Any], path: Path, wanted: nn.Sequential)
 
 
 class VGGPerceptualLoss(nn.Module):
-    """L1 distance between frozen VGG16 features of ``pred`` and ``target`` at one ReLU layer.
+    """Mean over ``layers`` of the L1 distance between frozen VGG16 features of ``pred`` and ``target``.
 
-    Inputs are [0, 1] RGB images ``(..., 3, H, W)`` (e.g. ``(B, T, 3, H, W)``: frames are flattened into the batch);
-    they are normalised with ImageNet mean/std, which is what torchvision's IMAGENET1K_V1 weights expect.
+    Inputs are [0, 1] RGB images ``(..., 3, H, W)`` (e.g. ``(B, T, 3, H, W)``: frames are flattened into the batch),
+    normalised with ImageNet mean/std for every weights file (see the module docstring).
     """
 
-    def __init__(self, weights_path: str | Path, layer: str = "relu3_3") -> None:
+    def __init__(self, weights_path: Union[str, Path], layers: Layers = "relu3_3") -> None:
         super().__init__()
-        if layer not in VGG16_LAYERS:
-            raise ValueError(f"Unknown VGG layer {layer!r} (LOSS.VGG_PERCEPTUAL.LAYERS, LOSS.VGG_LAYER); choose one "
-                             f"of {list(VGG16_LAYERS)}")
         path = Path(weights_path)
-        self.layer = layer
-        self.features = _vgg16_features(VGG16_LAYERS[layer])
+        self.layers = (layers,) if isinstance(layers, str) else tuple(layers)
+        self._indices = [VGG16_LAYERS[layer] for layer in self.layers]
+        self.features = _vgg16_features(max(self._indices))
         self.features.load_state_dict(_features_state(_read_state_dict(path), path, self.features))
         self.features.requires_grad_(False)
         self.features.eval()
@@ -139,65 +170,69 @@ class VGGPerceptualLoss(nn.Module):
         self.features.eval()
         return self
 
-    def _extract(self, x: torch.Tensor) -> torch.Tensor:
+    def _extract(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """The features at each of ``self.layers``, in that order."""
         if x.dim() < 4 or x.shape[-3] != 3:
             raise ValueError(f"VGGPerceptualLoss expects (..., 3, H, W) RGB images, got shape {tuple(x.shape)}")
         # Match the weights' dtype: a fp16/bf16 engine hands over half-precision outputs.
-        x = x.reshape(-1, *x.shape[-3:]).to(self.mean.dtype)
-        return self.features((x - self.mean) / self.std)
+        h = (x.reshape(-1, *x.shape[-3:]).to(self.mean.dtype) - self.mean) / self.std
+        taken = {}
+        for index, layer in enumerate(self.features):
+            h = layer(h)
+            if index in self._indices:
+                taken[index] = h
+        return [taken[index] for index in self._indices]
 
     def forward(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         if pred.shape != target.shape:
             raise ValueError(f"pred {tuple(pred.shape)} and target {tuple(target.shape)} differ in shape")
+        # The target's features need no graph: it is ground truth, so its values (and the loss) are the same.
         with torch.no_grad():
             target_features = self._extract(target)
-        return F.l1_loss(self._extract(pred), target_features)
+        distances = [F.l1_loss(p, t) for p, t in zip(self._extract(pred), target_features)]
+        return sum(distances) / len(distances)
 
 
 class DeblurLoss(nn.Module):
     """``charbonnier_weight * charbonnier(pred, target) + vgg_weight * perceptual(pred, target)``.
 
     ``forward`` returns ``(total, parts)``; ``parts`` holds detached scalars for logging: ``loss_charbonnier`` and,
-    when the perceptual term is on (``vgg_weight > 0``), ``loss_perceptual`` (unweighted).
+    when the perceptual term is on (``vgg_weight > 0``), ``loss_perceptual`` (unweighted). The perceptual term's
+    file is ``vgg_path``, or when that is None the hub cache's (``find_vgg16_weights``); ``say`` gets the line
+    naming it. Value limits are the config schema's (LOSS.*), not checked again here.
     """
 
     def __init__(
         self,
         delta: float = 1e-3,
         vgg_weight: float = 0.0,
-        vgg_layer: str = "relu3_3",
-        vgg_path: str | Path | None = None,
+        vgg_layers: Layers = "relu3_3",
+        vgg_path: Optional[Union[str, Path]] = None,
         charbonnier_weight: float = 1.0,
+        say: Optional[Say] = None,
     ) -> None:
         super().__init__()
-        if delta <= 0:
-            raise ValueError(f"LOSS.CHARBONNIER.DELTA (LOSS.CHARBONNIER_DELTA) must be > 0 (got {delta}); it keeps "
-                             f"the gradient finite at 0")
-        if vgg_weight < 0:
-            raise ValueError(f"LOSS.VGG_PERCEPTUAL.WEIGHT (LOSS.VGG_WEIGHT) must be >= 0 (got {vgg_weight})")
-        if vgg_weight > 0 and vgg_path is None:
-            raise ValueError(
-                f"LOSS.VGG_PERCEPTUAL.WEIGHT (LOSS.VGG_WEIGHT) is {vgg_weight} but LOSS.VGG_PATH is not set and "
-                f"{hub_vgg16_path()} does not exist. Weights are never downloaded: set LOSS.VGG_PATH to a local "
-                f"VGG16 file (torchvision's {VGG16_FILE}, {VGG16_URL}) or set LOSS.VGG_PERCEPTUAL.WEIGHT: 0."
-            )
         self.delta = float(delta)
         self.charbonnier_weight = float(charbonnier_weight)
         self.vgg_weight = float(vgg_weight)
-        self.perceptual = VGGPerceptualLoss(vgg_path, vgg_layer) if vgg_weight > 0 else None
+        self.perceptual = None
+        if vgg_weight > 0:
+            path, note = find_vgg16_weights(vgg_path)
+            self.perceptual = VGGPerceptualLoss(path, vgg_layers)
+            if say is not None:
+                say(note)
 
     @classmethod
-    def from_config(cls, cfg: Any) -> "DeblurLoss":
-        """Build from a config read by attribute (``cfg.LOSS.*``); a null LOSS.VGG_PATH is torchvision's file in
-        torch's hub cache when it is there."""
+    def from_config(cls, cfg: Any, say: Optional[Say] = None) -> "DeblurLoss":
+        """Build from a config read by attribute (``cfg.LOSS.*``)."""
         loss = cfg.LOSS
-        cached = hub_vgg16_path()
         return cls(
             delta=loss.CHARBONNIER.DELTA,
             charbonnier_weight=loss.CHARBONNIER.WEIGHT,
             vgg_weight=loss.VGG_PERCEPTUAL.WEIGHT,
-            vgg_layer=loss.VGG_PERCEPTUAL.LAYERS[0],
-            vgg_path=loss.VGG_PATH if loss.VGG_PATH is not None or not cached.is_file() else cached,
+            vgg_layers=loss.VGG_PERCEPTUAL.LAYERS,
+            vgg_path=loss.VGG_PATH,
+            say=say,
         )
 
     def forward(self, pred: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
@@ -209,8 +244,3 @@ class DeblurLoss(nn.Module):
         perceptual = self.perceptual(pred, target)
         parts["loss_perceptual"] = perceptual.detach()
         return total + self.vgg_weight * perceptual, parts
-
-
-def hub_vgg16_path() -> Path:
-    """Where torchvision's ``vgg16(pretrained=True)`` (the original trainer) keeps the VGG16 file it downloaded."""
-    return Path(torch.hub.get_dir()) / "checkpoints" / VGG16_FILE

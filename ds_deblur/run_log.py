@@ -93,7 +93,7 @@ class RunLogger:
 
 def truncate_jsonl(path: Path, step: int) -> None:
     """Keep one timeline on resume: drop lines past the step the run resumes from, and a last line torn by a
-    killed run. Rewritten atomically: a kill now leaves the old file or the new one."""
+    killed run. Rewritten atomically, so a kill leaves the old file or the new one."""
     kept = [line for line in path.read_text().splitlines() if (record := _parsed(line)) and record["step"] <= step]
     write_atomic(path, lambda tmp: tmp.write_text("".join(line + "\n" for line in kept)))
 

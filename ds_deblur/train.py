@@ -122,7 +122,7 @@ class Trainer:
                                       self.precision, say)
         self.ckpt.prepare(args, model, self.ds)  # weights and engine settings that must precede initialize
         frozen = freeze(model, cfg)  # before initialize: DeepSpeed then keeps them out of the optimizer
-        self.loss_fn = DeblurLoss.from_config(cfg).to(distributed.device())
+        self.loss_fn = DeblurLoss.from_config(cfg, say).to(distributed.device())
         self.engine = initialize(model, cfg, self.ds, self.total_steps)
         self.ema = ShardedEMA.from_config(self.engine, cfg)
         self.state = self.ckpt.restore(self.engine, self.ema)

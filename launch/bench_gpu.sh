@@ -11,9 +11,9 @@ mkdir -p "$OUT"
   'bench_gpu.sh: this torch sees no CUDA device; run it where a CUDA build of torch is installed')"
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 # LOSS.VGG_PERCEPTUAL.WEIGHT=0: the VGG16 file is not shipped (set LOSS.VGG_PATH to measure with it).
-"$PY" -m ds_deblur.bench engine --config ds_configs/vrt_spike_baseline.yaml \
+"$PY" -m ds_deblur bench engine --config ds_configs/vrt_spike_baseline.yaml \
     --set TRAIN.GRADIENT_ACCUMULATION_STEPS=1 --set LOSS.VGG_PERCEPTUAL.WEIGHT=0 \
     --ranks 1 --stages 2 --rounds 3 --steps 10 --workers 2 \
     --out "$OUT/engine.json"
-"$PY" -m ds_deblur.bench checkpoint --ranks 1 --out "$OUT/checkpoint.json"
-"$PY" -m ds_deblur.bench model --preset base --out "$OUT/model.json"
+"$PY" -m ds_deblur bench checkpoint --ranks 1 --out "$OUT/checkpoint.json"
+"$PY" -m ds_deblur bench model --preset base --out "$OUT/model.json"

@@ -7,7 +7,6 @@ import re
 
 import pytest
 import torch
-from support.train_utils import REPO, make_dataset, output_of, run_train
 
 from ds_deblur import errors
 from ds_deblur.ckpt.cli import convert_main, inspect_main
@@ -16,6 +15,7 @@ from ds_deblur.ckpt.tags import resolve
 from ds_deblur.ckpt.weights import load_weights, read_weights
 from ds_deblur.inference.cli import main as infer_main
 from ds_deblur.zero.ema import read_ema_file
+from support.train_utils import REPO, output_of, run_train
 
 
 def test_every_error_class_derives_from_the_base():
@@ -49,8 +49,8 @@ def test_a_missing_checkpoint_reads_the_same_everywhere(tmp_path, capsys):
 
 
 @pytest.mark.slow
-def test_the_trainer_says_the_same_for_resume_and_init_weights(tmp_path):
-    data, missing = make_dataset(tmp_path / "synth"), tmp_path / "nope.pth"
+def test_the_trainer_says_the_same_for_resume_and_init_weights(data, tmp_path):
+    missing = tmp_path / "nope.pth"
     for flag in ("--resume", "--init-weights"):
         proc = run_train(data, tmp_path / "run", sets=[], ranks=0, extra=[flag, str(missing)])
         assert proc.returncode == 2 and f"[train] error: Checkpoint not found: {missing}" in proc.stderr, \

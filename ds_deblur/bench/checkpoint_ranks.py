@@ -1,10 +1,9 @@
 """The ranks of the checkpoint benchmark (run under torchrun): build the trainer's engine for the config, take one
-optimizer step so that every tensor a checkpoint holds exists, then time saves three ways, interleaved:
+optimizer step so that every tensor a checkpoint holds exists, then time saves two ways, interleaved:
 
 - ``tag``: writing the tag itself (DeepSpeed's files, RNG, fsync, commit marker, ``latest``);
-- ``blocked_before``: the save as the trainer did it before exports left the training path: the tag, then rank 0
-  writes ``last.pth`` while every other rank waits at a barrier;
-- ``blocked_after``: ``CheckpointManager.save``, whose export runs in rank 0's background thread.
+- ``blocked``: the trainer's save, ``CheckpointManager.save``, whose single-file export runs in rank 0's background
+  thread.
 
 Each time runs from a common start until every rank is back (what training is blocked for). Between timed saves
 the background export is waited for, untimed, and its own duration recorded. Then ``--repeats`` loads of the last
@@ -30,7 +29,6 @@ from ds_deblur import distributed
 from ds_deblur.bench.common import dir_bytes, ds_json_for_stage
 from ds_deblur.ckpt import CheckpointManager, CheckpointOptions, TrainState
 from ds_deblur.ckpt.atomic import fsync_path
-from ds_deblur.ckpt.export import LAST_FILE, export_single_file
 from ds_deblur.ckpt.retention import retain
 from ds_deblur.ckpt.state import client_state
 from ds_deblur.ckpt.tag_io import load_tag, save_tag
@@ -39,7 +37,7 @@ from ds_deblur.config import load_config
 from ds_deblur.models import build_model
 from ds_deblur.zero import setup as eng
 
-MODES = ("tag", "blocked_before", "blocked_after")
+MODES = ("tag", "blocked")
 
 
 def _timed(action: Callable[[], object]) -> float:
@@ -65,23 +63,19 @@ def _raw_write_read(path: Path, size: int) -> tuple[float, float]:
 
 
 class SaveModes:
-    """The three ways of saving, on the same engine and directory."""
+    """The two ways of saving, on the same engine and directory."""
 
     def __init__(self, engine: Any, manager: CheckpointManager, precision: str, world: int) -> None:
         self.engine, self.manager, self.precision, self.world = engine, manager, precision, world
         self.dir = manager.dir
 
     def run(self, mode: str, step: int) -> None:
-        if mode == "blocked_after":
+        if mode == "blocked":
             self.manager.save(TrainState(step=step))
             return
-        tag = step_tag(step)
         state = client_state(TrainState(step=step), {}, self.manager.cfg.to_dict(), self.engine, self.precision,
                              self.world)
-        save_tag(self.engine, self.dir, tag, state)
-        if mode == "blocked_before" and distributed.is_main():
-            retain(self.dir, self.manager.options.keep_last)
-            export_single_file(self.dir / tag, self.dir / LAST_FILE)
+        save_tag(self.engine, self.dir, step_tag(step), state)
         distributed.barrier()
 
     def settle(self) -> Optional[float]:
@@ -137,7 +131,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         (args.out / "ranks.json").write_text(json.dumps({
             "world_size": world, "stage": args.stage, "precision": eng.precision_of(ds), "params": params,
             "tag": step_tag(step), "tag_bytes": sizes, "save_s": times["tag"],
-            "blocked_before_s": times["blocked_before"], "blocked_after_s": times["blocked_after"],
+            "blocked_s": times["blocked"],
             "background_export_s": exports, "load_s": loads, "raw_save_s": [w for w, _ in raw],
             "raw_load_s": [r for _, r in raw], "cpus": os.cpu_count()}))
     return 0

@@ -4,16 +4,12 @@ from __future__ import annotations
 
 from typing import Any
 
+from ds_deblur.config.schema import fixed_on_resume
 from ds_deblur.errors import CheckpointError
 
-# Keys that shape the model or its inputs: a resumed run must keep them (the weights would not fit otherwise).
-FIXED_KEYS = ("MODEL.PRESET", "MODEL.USE_SPIKE", "MODEL.CHANNELS_PER_SCALE", "MODEL.VRT.EMBED_DIMS", "MODEL.VRT.DEPTHS",
-              "MODEL.VRT.NUM_HEADS", "MODEL.VRT.WINDOW_SIZE", "MODEL.VRT.PA_FRAMES", "MODEL.VRT.DEFORMABLE_GROUPS",
-              "MODEL.VRT.INDEP_RECONSTS", "MODEL.VRT.MLP_RATIO", "MODEL.SPIKE_TSA.HEADS",
-              "MODEL.SPIKE_TSA.MLP_RATIO", "MODEL.FUSE.HEADS", "MODEL.FUSE.MLP_RATIO", "DATA.CLIP_LEN", "DATA.K",
-              "DATA.SPIKE_SIZE",
-              # which parameters the optimizer holds, in which groups: the saved optimizer state has that layout
-              "TRAIN.FREEZE", "TRAIN.FIX_KEYS")
+# Keys that shape the model, its inputs or the optimizer's parameter groups: a resumed run must keep them (the
+# weights and the saved optimizer state would not fit otherwise). The schema declares them (fixed_on_resume).
+FIXED_KEYS = fixed_on_resume()
 # What a change of these means for the resumed run.
 CHANGE_NOTES = {
     "TRAIN.BATCH_SIZE": "the remaining samples of the epoch are grouped into different batches",

@@ -13,7 +13,7 @@ from typing import Any, Optional
 import torch
 
 from ds_deblur.ckpt.gather import frozen_names, has_ema, load_pickled, loss_scaler_values, open_tag
-from ds_deblur.ckpt.single_file import is_single_file, read_weights_only
+from ds_deblur.ckpt.single_file import from_original, is_original, is_single_file, read_weights_only
 from ds_deblur.ckpt.tags import COMMIT, LATEST, list_tags, read_commit, read_latest, resolve, tag_problem
 from ds_deblur.errors import CheckpointFormatError
 
@@ -87,6 +87,8 @@ def describe_file(path: Path) -> dict:
     if path.suffix == ".safetensors":
         return _describe_safetensors(path)
     ckpt = read_weights_only(path, mmap=True)
+    if is_original(ckpt):
+        return _describe_single_file(path, from_original(ckpt, path))
     if is_single_file(ckpt):
         return _describe_single_file(path, ckpt)
     if isinstance(ckpt, dict) and ckpt and all(torch.is_tensor(v) for v in ckpt.values()):
@@ -212,10 +214,10 @@ def _ema_text(info: dict) -> str:
 def _single_file_lines(info: dict) -> list[str]:
     contains = info["contains"]
     weights, optimizer = contains["state_dict"], contains["optimizer"]
+    origin = "written by the original S-VRT trainer" if info.get("format") == "original" else \
+        f"from tag {info.get('source_tag')} of {info.get('source_dir')}: {_run_shape(info)}"
     lines = [f"Single-file checkpoint {info['path']} ({_size(info['bytes'])}, format {info.get('format')})",
-             f"  {_progress(info)}",
-             f"  from tag {info.get('source_tag')} of {info.get('source_dir')}: {_run_shape(info)}",
-             "  contains:",
+             f"  {_progress(info)}", f"  {origin}", "  contains:",
              f"    state_dict        {weights['count']} tensors, {weights['numel']:,} values, "
              f"{_size(weights['bytes'])} (fp32)"]
     lines.append("    optimizer         " + ("-" if optimizer is None else

@@ -290,8 +290,8 @@ def loss_scaler_values(scaler: Any) -> Optional[dict]:
 
 # ------------------------------------------------------------------------------------------- building outputs
 def module_state_dict(tag: Tag, weights: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """fp32 weights and buffers in the module's own ``state_dict`` order, under today's names (a tag of an earlier
-    ds_deblur has its spike-branch names renamed)."""
+    """fp32 weights and buffers in the module's own ``state_dict`` order, under the model's names (legacy
+    spike-branch names mapped by ``rename_legacy_keys``)."""
     module, buffers = tag.header["module"], set(tag.header["buffer_names"])
     shared = tag.header.get("shared_params") or {}
     out = {}

@@ -32,7 +32,7 @@ from ds_deblur.ckpt.tag_io import load_single, load_tag, load_tag_ema, save_tag
 from ds_deblur.ckpt.tags import (BEST, Location, newest_complete, read_latest, resolve, saved_world_size, step_tag,
                                  tag_problem)
 from ds_deblur.ckpt.weights import load_state_dict_strict, load_weights
-from ds_deblur.config import Config, canonical_dict, resume_request
+from ds_deblur.config import Config, canonical_dict
 from ds_deblur.errors import CheckpointError, ConfigError, DsDeblurError
 from ds_deblur.zero.ema import ShardedEMA
 
@@ -47,15 +47,29 @@ class CheckpointOptions:
     keep_last: int  # LOG.KEEP_LAST: step tags kept (the newest complete one and best are never removed)
     export_single_file: bool  # LOG.EXPORT_SINGLE_FILE: last.pth / best.pth after each save
 
-    def __post_init__(self) -> None:
-        if self.save_every < 1 or self.keep_last < 1:
-            raise ConfigError(f"LOG.SAVE_EVERY_STEPS ({self.save_every}) and LOG.KEEP_LAST ({self.keep_last}) "
-                              f"must be >= 1")
-
     @classmethod
     def from_config(cls, cfg: Config) -> "CheckpointOptions":
         log = cfg.LOG
         return cls(Path(log.SAVE_DIR) / "ckpts", log.SAVE_EVERY_STEPS, log.KEEP_LAST, log.EXPORT_SINGLE_FILE)
+
+
+def resume_request(cfg: Config, cli_resume: Optional[str], cli_init_weights: Optional[str] = None) -> tuple[
+        Optional[str], Optional[str]]:
+    """What to resume (a ``--resume`` value, or None for a new run) and a line saying why, from the command line
+    and TRAIN.RESUME_FROM_CHECKPOINT / TRAIN.CHECKPOINT_PATH. The command line wins: ``--resume`` over the
+    config, and ``--init-weights`` (a new run) over a config that asks to resume. ``'auto'`` = the newest
+    complete checkpoint under LOG.SAVE_DIR/ckpts, or a fresh start when there is none."""
+    train = cfg.TRAIN
+    if cli_resume:
+        return cli_resume, None
+    if not train.RESUME_FROM_CHECKPOINT:
+        return None, None
+    if cli_init_weights:
+        return None, ("[train] TRAIN.RESUME_FROM_CHECKPOINT is true but --init-weights starts a new run: not "
+                      "resuming")
+    target = train.CHECKPOINT_PATH or "auto"
+    where = train.CHECKPOINT_PATH or f"the newest checkpoint under {Path(cfg.LOG.SAVE_DIR) / 'ckpts'}"
+    return target, f"[train] TRAIN.RESUME_FROM_CHECKPOINT: resuming from {where}"
 
 
 class CheckpointManager:
@@ -132,7 +146,7 @@ class CheckpointManager:
         self._check_fits(tag.state["config"])
         if self._reset_optimizer:
             # Weights only: read them ourselves (DeepSpeed's ZeRO-3 load ignores the tag when it skips the optimizer
-            # states, DeepSpeed issue #8499), which also works on any world size.
+            # states), which also works on any world size.
             model.load_state_dict(fp32_state_dict(tag_dir))
             self._complete = lambda engine: {**open_tag(tag_dir).state, "rng_restored": False,
                                              "ema_restored": load_tag_ema(self.ema, tag_dir)}

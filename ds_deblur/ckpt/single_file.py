@@ -1,6 +1,6 @@
 """The single-file checkpoint (``last.pth``, ``best.pth``): the original trainer's format, readable without DeepSpeed.
 
-Layout (DESIGN §6), everything loadable with ``torch.load(path, weights_only=True)``::
+Layout (docs/checkpoints.md), everything loadable with ``torch.load(path, weights_only=True)``::
 
     {'step', 'epoch', 'best_psnr',
      'state_dict': fp32 weights and buffers of the plain nn.Module (no 'module.' prefix),
@@ -17,7 +17,8 @@ With TRAIN.FIX_KEYS the optimizer has two parameter groups (``ds_deblur.zero.sta
 others, then the fixed ones); frozen parameters (TRAIN.FREEZE) are in ``state_dict`` but in no group.
 
 The original S-VRT trainer's own files read too (``from_original``): its ``best.pth``
-(``step, epoch, best_psnr, state_dict, optimizer, scheduler, scaler``) and its ``last.pth`` (``step, state_dict``).
+(``step, epoch, best_psnr, state_dict, optimizer, scheduler, scaler``) and its ``last.pth`` (``step, state_dict``),
+whose keys carry torch.compile's ``_orig_mod.`` when it compiled the model (taken off on reading, ``ckpt.keys``).
 
 Reading only ever uses ``weights_only=True``: a file whose pickle would import or call code is refused before
 anything runs.
@@ -32,8 +33,8 @@ from typing import Any, Union
 import torch
 
 from ds_deblur.ckpt.gather import Gathered, Tag, gather, module_state_dict, open_tag, param_order
+from ds_deblur.ckpt.keys import model_keys
 from ds_deblur.errors import CheckpointFormatError, CheckpointNotFoundError
-from ds_deblur.models import rename_legacy_keys
 from ds_deblur.zero.ema import ema_file, read_ema_file
 
 FORMAT = 1
@@ -84,12 +85,14 @@ def is_original(obj: Any) -> bool:
     return isinstance(obj, dict) and "step" in obj and isinstance(obj.get("state_dict"), dict) and "meta" not in obj
 
 
-def from_original(ckpt: dict) -> dict:
-    """The original trainer's ``best.pth`` or ``last.pth`` in our layout: ``config`` None (it stored none),
-    ``meta`` with no data position and no world size, its GradScaler state as DeepSpeed loss-scaler values."""
+def from_original(ckpt: dict, source: object = "the original trainer's checkpoint") -> dict:
+    """The original trainer's ``best.pth`` or ``last.pth`` (read from ``source``) in our layout: weights under
+    the model's keys, ``config`` None (it stored none), ``meta`` with no data position and no world size, its
+    GradScaler state as DeepSpeed loss-scaler values."""
     scaler = ckpt.get("scaler")
     return {"step": int(ckpt["step"]), "epoch": int(ckpt.get("epoch", 0)),
-            "best_psnr": float(ckpt.get("best_psnr", float("-inf"))), "state_dict": ckpt["state_dict"],
+            "best_psnr": float(ckpt.get("best_psnr", float("-inf"))),
+            "state_dict": model_keys(ckpt["state_dict"], source),
             "optimizer": ckpt.get("optimizer"), "scheduler": ckpt.get("scheduler"), "scaler": scaler,
             "config": None,
             "meta": {"format": "original", "world_size": None, "data": None,
@@ -102,7 +105,7 @@ def load_single_file(path: PathLike) -> dict:
     ``CheckpointFormatError`` naming the file if it is neither."""
     ckpt = read_weights_only(path)
     if is_original(ckpt):
-        return from_original(ckpt)
+        return from_original(ckpt, path)
     if not is_single_file(ckpt):
         found = sorted(map(str, ckpt)) if isinstance(ckpt, dict) else type(ckpt).__name__
         raise CheckpointFormatError(
@@ -112,7 +115,7 @@ def load_single_file(path: PathLike) -> dict:
     if ckpt["meta"].get("format") != FORMAT:
         raise CheckpointFormatError(f"{path} has single-file format {ckpt['meta'].get('format')!r}; this ds_deblur "
                                     f"reads format {FORMAT}")
-    return {**ckpt, "state_dict": rename_legacy_keys(ckpt["state_dict"])}  # an earlier ds_deblur's names, renamed
+    return {**ckpt, "state_dict": model_keys(ckpt["state_dict"], path)}
 
 
 def single_file_step(path: Path) -> Any:

@@ -11,7 +11,7 @@ always (an error when there are none), ``ema=False`` never.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Optional, Union
 
@@ -21,10 +21,10 @@ from safetensors.torch import load_file, save_file
 
 from ds_deblur.ckpt.atomic import save_atomic, write_atomic
 from ds_deblur.ckpt.gather import ema_state_dict, fp32_state_dict, gather, has_ema, module_state_dict, open_tag
+from ds_deblur.ckpt.keys import model_keys
 from ds_deblur.ckpt.single_file import read_weights_only
-from ds_deblur.ckpt.tags import resolve
+from ds_deblur.ckpt.tags import Location, resolve
 from ds_deblur.errors import CheckpointFormatError
-from ds_deblur.models import rename_legacy_keys
 
 PathLike = Union[str, Path]
 
@@ -40,9 +40,15 @@ class Weights:
 
 
 def read_weights(path: PathLike, ema: Optional[bool] = False) -> Weights:
-    """The weights held by any checkpoint kind at ``path`` (a missing path is 'Checkpoint not found'); ``ema``:
-    its EMA weights (True), its weights (False), or whichever the run validated with (None)."""
+    """The weights held by any checkpoint kind at ``path`` (a missing path is 'Checkpoint not found'), keyed as this
+    model names them (``ckpt.keys.model_keys``); ``ema``: its EMA weights (True), its weights (False), or whichever
+    the run validated with (None)."""
     location = resolve(path)
+    weights = _read(location, ema)
+    return replace(weights, state_dict=model_keys(weights.state_dict, location.path))
+
+
+def _read(location: Location, ema: Optional[bool]) -> Weights:
     path = location.path
     if location.kind == "tag":
         tag = open_tag(path)
@@ -57,15 +63,15 @@ def read_weights(path: PathLike, ema: Optional[bool] = False) -> Weights:
         if ema and meta.get("weights") != "ema":
             raise CheckpointFormatError(f"{path} is an export of the trained weights, not of the EMA weights "
                                         f"(export those with ds-deblur convert ... --weights-only --ema)")
-        return Weights(rename_legacy_keys(load_file(str(path))), json.loads(meta.get("config", "null")),
+        return Weights(load_file(str(path)), json.loads(meta.get("config", "null")),
                        json.loads(meta.get("spike", "null")), "weights export")
     obj = read_weights_only(path)
     if isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
         meta = obj.get("meta") if isinstance(obj.get("meta"), dict) else {}
         if _wants_ema(ema, obj.get("config"), isinstance(obj.get("state_dict_ema"), dict), path):
-            return Weights(rename_legacy_keys(obj["state_dict_ema"]), obj.get("config"), meta.get("spike"),
+            return Weights(obj["state_dict_ema"], obj.get("config"), meta.get("spike"),
                            f"single file (step {obj.get('step')}), EMA weights")
-        return Weights(rename_legacy_keys(obj["state_dict"]), obj.get("config"), meta.get("spike"),
+        return Weights(obj["state_dict"], obj.get("config"), meta.get("spike"),
                        f"single file (step {obj.get('step')})")
     if ema:
         raise CheckpointFormatError(f"{path} holds one set of weights, no EMA weights beside them: only a tag or "
@@ -74,7 +80,7 @@ def read_weights(path: PathLike, ema: Optional[bool] = False) -> Weights:
     if isinstance(obj, dict) and isinstance(obj.get("params"), dict):
         return Weights(obj["params"], None, None, "official VRT weights (backbone)", backbone_only=True)
     if isinstance(obj, dict) and obj and all(torch.is_tensor(v) for v in obj.values()):
-        return Weights(rename_legacy_keys(obj), None, None, "weights export")
+        return Weights(obj, None, None, "weights export")
     kind = f"a dict with keys {sorted(map(str, obj))[:6]}" if isinstance(obj, dict) else f"a {type(obj).__name__}"
     raise CheckpointFormatError(f"{path} holds {kind}: neither a ds_deblur checkpoint nor model weights")
 

@@ -1,4 +1,4 @@
-"""Clips of consecutive (blur, sharp, spike voxel) frames for training and validation (DESIGN §4).
+"""Clips of consecutive (blur, sharp, spike voxel) frames for training and validation (docs/data.md).
 
 Training clips are every window of ``clip_len`` consecutive frames of a sequence (stride 1, never crossing
 sequences), with one random crop and flip shared by blur, sharp and spike. Validation clips cover each sequence

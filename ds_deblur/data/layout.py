@@ -1,4 +1,4 @@
-"""A dataset's sequences on disk (DESIGN §4) and their validation.
+"""A dataset's sequences on disk (docs/data.md) and their validation.
 
 Each sequence has ``blur/`` and ``sharp/`` frames (``DATA.IMAGE_EXTS``, PNG by default) and, per frame, the spike
 stream of its exposure ``spike/STEM.dat`` (optional cache ``spike_vox/STEM.npy``), paired by file stem: the

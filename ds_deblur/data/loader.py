@@ -2,15 +2,17 @@
 normalisation statistics they need."""
 from __future__ import annotations
 
+import os
 import random
 import warnings
 from functools import partial
-from typing import Any, Iterator, Optional, Sequence
+from typing import Any, Iterator, Optional, Sequence, Union
 
 import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
+from ds_deblur.config.schema import DEFAULT_WORKERS, TOTAL_WORKERS_FORMAT
 from ds_deblur.errors import DatasetError
 
 from .dataset import ClipOptions, SpikeDeblurDataset
@@ -58,8 +60,7 @@ def load_voxel_stats(root: Root, k: int, spike_size: Sequence[int], mean: Option
     voxel_stats.json (at the spike tree's root), else estimated from a few training frames with a warning (run
     ``prepare`` to compute them properly)."""
     if (mean is None) != (std is None):
-        raise DatasetError("set both DATA.NORM.MEAN and DATA.NORM.STD (DATA.SPIKE_MEAN/STD), or neither (to use "
-                           "voxel_stats.json)")
+        raise DatasetError("set both DATA.NORM.MEAN and DATA.NORM.STD, or neither (to use voxel_stats.json)")
     if mean is not None:
         return float(mean), float(std)
     layout = open_layout(root)
@@ -100,6 +101,35 @@ def build_datasets(cfg: Any) -> tuple[SpikeDeblurDataset, SpikeDeblurDataset]:
             SpikeDeblurDataset(layout, data.VAL_SPLIT, val, training=False, spike_size=spike_size))
 
 
+def total_workers(value: Union[int, str], cpu_count: int) -> int:
+    """DATALOADER.TOTAL_WORKERS (validated by the config) as a number: an integer, 'auto' (80% of the cores) or
+    'cpu*F' (F x the cores)."""
+    if isinstance(value, int):
+        return value
+    match = TOTAL_WORKERS_FORMAT.fullmatch(value.strip().lower())
+    if match["count"] is not None:
+        return int(match["count"])
+    factor = 0.8 if match["factor"] is None else float(match["factor"])
+    return max(1, int(cpu_count * factor))
+
+
+def workers_per_rank(loader_cfg: Any, world_size: int, cpu_count: Optional[int] = None) -> int:
+    """Loader workers of each rank: DATALOADER.NUM_WORKERS, or TOTAL_WORKERS split over the ranks (at least one
+    each, as the original trainer did; an explicit total of 0 loads in the main process)."""
+    if loader_cfg.NUM_WORKERS is not None:
+        return loader_cfg.NUM_WORKERS
+    if loader_cfg.TOTAL_WORKERS is None:
+        return DEFAULT_WORKERS
+    total = total_workers(loader_cfg.TOTAL_WORKERS, cpu_count or os.cpu_count() or 1)
+    return 0 if total == 0 else max(1, total // max(world_size, 1))
+
+
+def prefetch_factor(loader_cfg: Any, training: bool) -> int:
+    """Batches each worker prepares ahead in the training (or validation) loader."""
+    own = loader_cfg.TRAIN_PREFETCH_FACTOR if training else loader_cfg.VAL_PREFETCH_FACTOR
+    return loader_cfg.PREFETCH_FACTOR if own is None else own
+
+
 def build_dataloaders(cfg: Any, rank: int = 0, world_size: int = 1,
                       num_workers: Optional[int] = None) -> tuple[ResumableDataLoader, DataLoader]:
     """(train loader, val loader) for this rank. Train: shuffled by (SEED, epoch), ``TRAIN.BATCH_SIZE`` per
@@ -109,12 +139,12 @@ def build_dataloaders(cfg: Any, rank: int = 0, world_size: int = 1,
     DATALOADER.TOTAL_WORKERS split over the ranks; ``num_workers`` overrides the config."""
     train_set, val_set = build_datasets(cfg)
     loader_cfg = cfg.DATALOADER
-    workers = loader_cfg.workers_per_rank(world_size) if num_workers is None else num_workers
+    workers = workers_per_rank(loader_cfg, world_size) if num_workers is None else num_workers
     common: dict[str, Any] = dict(num_workers=workers, pin_memory=loader_cfg.PIN_MEMORY and torch.cuda.is_available())
     if workers > 0:
         common.update(persistent_workers=loader_cfg.PERSISTENT_WORKERS,
                       worker_init_fn=partial(seed_worker, base_seed=cfg.SEED, rank=rank))
-    prefetch = {training: {"prefetch_factor": loader_cfg.prefetch(training)} if workers > 0 else {}
+    prefetch = {training: {"prefetch_factor": prefetch_factor(loader_cfg, training)} if workers > 0 else {}
                 for training in (True, False)}
     train_sampler = ResumableDistributedSampler(len(train_set), world_size, rank, seed=cfg.SEED, shuffle=True)
     val_sampler = ResumableDistributedSampler(len(val_set), world_size, rank, seed=cfg.SEED, shuffle=False)

@@ -1,4 +1,4 @@
-"""Where a dataset's frames and spike streams live (DESIGN §4): two layouts, one interface.
+"""Where a dataset's frames and spike streams live (docs/data.md): two layouts, one interface.
 
 Unified (the original trainer's): ``ROOT/SPLIT/SEQ/{blur,sharp,spike}``, the card ``ROOT/meta.yaml``.
 Release (the GoPro spike dataset as downloaded), recognised by its two folders::

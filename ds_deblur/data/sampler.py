@@ -70,7 +70,7 @@ class ResumableDistributedSampler(Sampler[SampleKey]):
         return rounding(remaining / self.num_replicas)
 
     def __iter__(self) -> Iterator[SampleKey]:
-        # Fixed now: ``advance`` moves self.position while the loader is still drawing from this iterator.
+        # Read once here: ``advance`` moves self.position while the loader is still drawing from this iterator.
         start, count, epoch = self.position, len(self), self.epoch
         order = epoch_order(self.num_samples, self.seed, epoch, self.shuffle)
         positions = start + self.rank + self.num_replicas * np.arange(count)

@@ -1,4 +1,4 @@
-"""Spike camera ``.dat`` streams (DESIGN §4).
+"""Spike camera ``.dat`` streams (docs/data.md).
 
 Format: no header; a sequence of frames, each H*W bits in row-major order, 8 pixels per byte with the
 least-significant bit first, and each frame stored upside down (rows flipped on read and on write). A frame

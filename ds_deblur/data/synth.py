@@ -1,4 +1,4 @@
-"""Synthetic spike-camera deblurring data in the real layout (DESIGN §4).
+"""Synthetic spike-camera deblurring data in the real layout (docs/data.md).
 
     ds-deblur synth --out DIR [--seed 0 --train-seqs 6 --val-seqs 2 --frames 16
                                               --size 96x96 --spike-size 96x96 --subframes 64 --threshold 1.0
@@ -88,7 +88,7 @@ class SynthConfig:
     @classmethod
     def first_generator(cls, **changes: Any) -> "SynthConfig":
         """The first generator's camera and scenes (32 spike frames per exposure at threshold 2, no noise,
-        independent colour channels) with ``changes``: the same bytes as before the defaults changed."""
+        independent colour channels) with ``changes``: the bytes the tests written for it expect."""
         return cls(**{**FIRST_GENERATOR, **changes})
 
 

@@ -1,4 +1,4 @@
-"""Spike stream -> voxel grid (DESIGN §4).
+"""Spike stream -> voxel grid (docs/data.md).
 
 The exposure's N spike frames are split into K bins of consecutive frames (bin b holds frames
 [floor(b*N/K), floor((b+1)*N/K)), so sizes differ by at most one frame when K does not divide N), spikes are

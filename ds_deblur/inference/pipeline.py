@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from ds_deblur.ckpt.weights import Weights, load_into
-from ds_deblur.config import Config, load_config
+from ds_deblur.config import Config, load_config, load_stored_config
 from ds_deblur.data.images import read_rgb
 from ds_deblur.data.layout import SequenceInfo, frame_files, image_size
 from ds_deblur.data.roots import DataLayout, LayoutOptions, SequenceDirs, open_layout, sequence_dirs_of
@@ -41,7 +41,7 @@ def build_from(weights: Weights, path: Path, config: Optional[Path] = None) -> t
     if config is None and weights.config is None:
         raise InferenceError(f"{path} ({weights.what}) holds no model config: pass --config RUN_DIR/config.yaml of "
                              f"the run it came from (or use last.pth / best.pth, which carry it)")
-    cfg = load_config(config if config is not None else weights.config)
+    cfg = load_config(config) if config is not None else load_stored_config(weights.config)
     model = build_model(cfg)
     load_into(model, weights, path)
     return model.eval(), cfg

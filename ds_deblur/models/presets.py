@@ -58,8 +58,6 @@ def vrt_arguments(cfg: Any) -> tuple[dict[str, Any], dict[str, Any]]:
     """The VRT constructor arguments for ``cfg`` (preset + MODEL.VRT overrides) and the preset's build options
     (``spike_res_blocks``: residual depth of the spike encoder; ``identity_init``: start as the identity)."""
     model_cfg = cfg.MODEL
-    if model_cfg.PRESET not in PRESETS:
-        raise ValueError(f"MODEL.PRESET={model_cfg.PRESET!r} is not a preset; choose one of {', '.join(PRESETS)}")
     kwargs = PRESETS[model_cfg.PRESET](cfg.DATA.CLIP_LEN, cfg.DATA.CROP_SIZE)
     options = {key: kwargs.pop(key, default) for key, default in _BUILD_OPTIONS.items()}
     kwargs.update(vrt_options(model_cfg.VRT_CFG))

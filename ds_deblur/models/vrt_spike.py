@@ -53,7 +53,7 @@ class VRTWithSpike(nn.Module):
         return self.vrt(blur, stage_hook=fuse_after_stage)
 
 
-# ds_deblur's own parameter names before it adopted the original model's (spike branch and fusion only).
+# Legacy ds_deblur parameter names (spike branch and fusion only) and the original model's names they map to.
 _LEGACY_NAMES = (
     (re.compile(r"^spike_temporal_sa\.blocks\.(\d+)\.norm_q\."), r"spike_temporal_sa.blocks.\1.ln1."),
     (re.compile(r"^spike_temporal_sa\.blocks\.(\d+)\.norm_ffn\."), r"spike_temporal_sa.blocks.\1.ln2."),
@@ -65,8 +65,8 @@ _LEGACY_NAMES = (
 
 
 def rename_legacy_keys(state_dict: Mapping[str, Any]) -> dict[str, Any]:
-    """A state dict saved by ds_deblur before it used the original model's names (``cross_attn_fuse.N.norm_q``,
-    ``spike_temporal_sa.blocks.N.norm_q``, ...) under today's names, in the same order; other keys unchanged."""
+    """A state dict with legacy ds_deblur names (``cross_attn_fuse.N.norm_q``, ``spike_temporal_sa.blocks.N.norm_q``,
+    ...) under the original model's names, in the same order; other keys unchanged."""
     renamed = {}
     for key, value in state_dict.items():
         for pattern, replacement in _LEGACY_NAMES:

@@ -7,9 +7,12 @@ them through one hook, ``Injections.around``.
 ``DS_DEBLUR_KILL_IN_SAVE=TAG``: the last rank SIGKILLs itself in the middle of saving TAG (its files written,
 the tag not committed). ``DS_DEBLUR_KILL_IN_EXPORT=TAG``: rank 0 SIGKILLs itself in the middle of the background
 export of TAG to its single file: the new file written under its temporary name, not yet renamed.
+``DS_DEBLUR_KILL_RECORD=FILE``: a rank about to SIGKILL itself for one of these appends a JSON line {where, tag,
+rank, pid} to FILE first (flushed to disk), so a test can tell its injected kill from a crash.
 """
 from __future__ import annotations
 
+import json
 import os
 import signal
 from dataclasses import dataclass, field
@@ -21,6 +24,7 @@ import torch.distributed as dist
 INJECT_ENV = "DS_DEBLUR_INJECT_NONFINITE"
 KILL_IN_SAVE_ENV = "DS_DEBLUR_KILL_IN_SAVE"
 KILL_IN_EXPORT_ENV = "DS_DEBLUR_KILL_IN_EXPORT"
+KILL_RECORD_ENV = "DS_DEBLUR_KILL_RECORD"
 KINDS = ("loss", "batch", "grad")
 _KILL_ENVS = {"save": KILL_IN_SAVE_ENV, "export": KILL_IN_EXPORT_ENV}
 
@@ -35,7 +39,20 @@ def kill_point(where: str, name: str, last_rank: bool = False) -> None:
         return
     if last_rank and dist.is_initialized() and dist.get_rank() != dist.get_world_size() - 1:
         return
+    _record_kill(where, name)
     os.kill(os.getpid(), signal.SIGKILL)
+
+
+def _record_kill(where: str, name: str) -> None:
+    """Append this kill to the file KILL_RECORD_ENV names (when set), on disk before the process dies."""
+    path = os.environ.get(KILL_RECORD_ENV)
+    if not path:
+        return
+    rank = dist.get_rank() if dist.is_initialized() else 0
+    with open(path, "a") as handle:
+        handle.write(json.dumps({"where": where, "tag": name, "rank": rank, "pid": os.getpid()}) + "\n")
+        handle.flush()
+        os.fsync(handle.fileno())
 
 
 @dataclass

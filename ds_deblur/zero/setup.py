@@ -130,7 +130,7 @@ def _check_precision(ds: dict, source: str) -> None:
 
 
 def _allow_cpu_fp16() -> None:
-    # Test-only (DESIGN §8): PyTorch's CPU kernels compute in float16, DeepSpeed's CPU accelerator just says no.
+    # Test-only: PyTorch's CPU kernels compute in float16, DeepSpeed's CPU accelerator just says no.
     accelerator = get_accelerator()
     accelerator.is_fp16_supported = lambda: True
     accelerator.supported_dtypes = lambda: [torch.float, torch.bfloat16, torch.float16]

@@ -8,9 +8,9 @@ import subprocess
 import sys
 
 import pytest
-from support.train_utils import REPO, make_dataset
 
-from ds_deblur.bench import ablation as ablation_bench, engine as engine_bench, memory as memory_bench
+from ds_deblur.bench import ablation as ablation_bench, memory as memory_bench, training as engine_bench
+from support.train_utils import REPO
 
 SMALL = ["--set", "DATA.CLIP_LEN=2", "--set", "DATA.K=4"]
 
@@ -120,15 +120,14 @@ def test_checkpoint_bench_converts_the_tag_it_saved(tmp_path):
     assert sharded["tag_bytes"][0] > 4 * params_mib * 2 ** 20  # weights, fp32 masters and two moments
     assert all(s > 0 for s in sharded["save_s"] + sharded["load_s"] + sharded["raw_save_s"])
     # One save of each kind; the background export really ran (and was waited for between saves).
-    assert len(sharded["blocked_before_s"]) == len(sharded["blocked_after_s"]) == 1
+    assert len(sharded["blocked_s"]) == 1
     assert len(sharded["background_export_s"]) == 1 and sharded["background_export_s"][0] > 0
 
 
 @pytest.mark.slow
 @pytest.mark.dist
-def test_ablation_bench_trains_with_and_without_the_spike_branch(tmp_path):
+def test_ablation_bench_trains_with_and_without_the_spike_branch(data, tmp_path):
     out = tmp_path / "ablation.json"
-    data = make_dataset(tmp_path / "data")
     proc = bench("ablation", "--data", str(data), *SMALL, "--set", "TRAIN.TOTAL_STEPS=2", "--set",
                  "LOG.VAL_EVERY_STEPS=2", "--set", "DATA.NORM.MEAN=0.2", "--set", "DATA.NORM.STD=0.4",
                  "--original-fusion", "--out", str(out))

@@ -1,5 +1,5 @@
 """Checkpoint bookkeeping on hand-made tag directories: the commit marker, ``latest``, ``resolve``, retention and
-the config-change policy (the engine round trips are in tests/test_train.py and tests/test_resume.py)."""
+the config-change policy (the engine round trips are in tests/train/test_train.py and tests/ckpt/test_resume.py)."""
 import json
 import pathlib
 from pathlib import Path

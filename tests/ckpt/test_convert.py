@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -23,7 +22,6 @@ import torch
 from deepspeed.runtime.fp16.loss_scaler import DynamicLossScaler
 from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
 from safetensors.torch import load_file
-from support.tag_factory import FP16_TRAIN_STEPS, REPO, TAGS, TOTAL_STEPS, TRAIN_STEPS, Toy, batch, loss_fn, reference
 from torch import nn
 
 from ds_deblur.ckpt.atomic import save_atomic, write_atomic
@@ -34,6 +32,8 @@ from ds_deblur.ckpt.single_file import KEYS, grad_scaler_state, load_single_file
 from ds_deblur.config import load_config
 from ds_deblur.errors import CheckpointFormatError
 from ds_deblur.zero.setup import build_scheduler
+from support.files import copy_tag
+from support.tag_factory import FP16_TRAIN_STEPS, REPO, TAGS, TOTAL_STEPS, TRAIN_STEPS, Toy, batch, loss_fn, reference
 
 
 def plain_model_optimizer_scheduler(ckpt: dict):
@@ -126,7 +126,7 @@ def test_plain_torch_step_from_single_file_matches_deepspeed_next_step(tags, tmp
     # DeepSpeed averages the ranks' gradients: the gradient of the mean of the ranks' losses.
     loss = sum(loss_fn(model(batch(TRAIN_STEPS, r)), batch(TRAIN_STEPS, r)) for r in range(world)) / world
     loss.backward()
-    torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.TRAIN.CLIP_GRAD_NORM)
+    torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.TRAIN.MAX_GRAD_NORM)
     optimizer.step()
     scheduler.step()
     expected = reference(tags, name)["after_next_step"]
@@ -177,10 +177,6 @@ def test_cli_subprocess_without_huggingface_hub(tags, tmp_path):
                             cwd=REPO, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     assert result.stdout.startswith("[convert] wrote") and len(result.stdout.splitlines()) == 1
-
-
-def copy_tag(tags: Path, name: str, dest: Path) -> Path:
-    return Path(shutil.copytree(tags / "ckpts" / name, dest / "ckpts" / name))
 
 
 @pytest.mark.dist

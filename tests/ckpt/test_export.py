@@ -9,17 +9,32 @@ import pytest
 import torch
 
 from ds_deblur.ckpt import export
-from ds_deblur.ckpt.export import BackgroundExporter, stale_exports
+from ds_deblur.ckpt.export import BackgroundExporter, export_tag, stale_exports
 from ds_deblur.ckpt.single_file import load_single_file
-from ds_deblur.ckpt.export import export_tag
+from support.tag_factory import reference, tag_step
+
+# Each tag of a test run is a copy of a different real tag (tests/support/tag_factory.py): other weights (one rank's
+# batches or two ranks', fp32, fp16 or bf16) and steps (3 or 8), so an export of the wrong tag shows.
+SOURCES = {"step_000002": "z2_w1", "step_000003": "z2_w2", "step_000004": "z2_w2_fp16", "best": "z1_w2_bf16"}
 
 
 def run_dir(tags: Path, tmp_path: Path, names=("step_000002", "step_000003", "step_000004")) -> Path:
-    """A checkpoint dir whose tags are copies of one real 2-rank ZeRO-2 tag under step names."""
+    """A checkpoint dir holding the tags ``names``, each a copy of its real tag in SOURCES."""
     ckpts = tmp_path / "ckpts"
     for name in names:
-        shutil.copytree(tags / "ckpts" / "z2_w2", ckpts / name)
+        shutil.copytree(tags / "ckpts" / SOURCES[name], ckpts / name)
     return ckpts
+
+
+def check_holds_tag(single: dict, tags: Path, name: str) -> None:
+    """An exported file holds the step and the weights of tag ``name`` (its source's ranks' record at save) and
+    the weights of no other tag in SOURCES."""
+    source = SOURCES[name]
+    assert single["step"] == tag_step(source), (name, single["step"])
+    for other, other_source in SOURCES.items():
+        weights = reference(tags, other_source)["at_save"]["weights"]
+        same = all(torch.equal(single["state_dict"][k], v) for k, v in weights.items())
+        assert same == (other == name), (name, other)
 
 
 @pytest.fixture
@@ -57,6 +72,7 @@ def test_newer_requests_replace_waiting_ones_and_the_file_equals_the_cli(tags, t
     ours = load_single_file(ckpts / "last.pth")
     cli = load_single_file(export_tag(ckpts, "step_000004", tmp_path / "cli.pth"))
     assert ours["meta"]["source_tag"] == "step_000004"
+    check_holds_tag(ours, tags, "step_000004")
     assert all(torch.equal(ours["state_dict"][k], cli["state_dict"][k]) for k in cli["state_dict"])
     assert [p.name for p in ckpts.glob(".*")] == []  # no temporary left
 
@@ -69,6 +85,7 @@ def test_a_failed_export_keeps_the_previous_file_and_says_so(tags, tmp_path):
     exporter = BackgroundExporter(ckpts, say=said.append)
     exporter.submit("step_000002")
     exporter.wait()
+    check_holds_tag(load_single_file(ckpts / "last.pth"), tags, "step_000002")
     before = (ckpts / "last.pth").read_bytes()
     shutil.rmtree(ckpts / "step_000004")  # gone before its export ran (what retention must never do)
     exporter.submit("step_000004")
@@ -84,6 +101,8 @@ def test_stale_exports_names_what_a_killed_run_left_behind(tags, tmp_path):
     assert stale_exports(ckpts) == [("step_000002", "last.pth"), ("best", "best.pth")]  # nothing exported yet
     export_tag(ckpts, "step_000002", ckpts / "last.pth")
     export_tag(ckpts, "best", ckpts / "best.pth")
+    check_holds_tag(load_single_file(ckpts / "last.pth"), tags, "step_000002")
+    check_holds_tag(load_single_file(ckpts / "best.pth"), tags, "best")
     assert stale_exports(ckpts) == []
     (ckpts / "last.pth").write_bytes(b"torn")  # damaged: exported again
     assert stale_exports(ckpts) == [("step_000002", "last.pth")]

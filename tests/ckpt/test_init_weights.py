@@ -1,14 +1,20 @@
 """``--init-weights``: weights only, from our single file, the guide's weights-only file, a weights export or an
-official VRT release file (keyed ``params``); never unpickling code, strict about fit."""
+official VRT release file (keyed ``params``); never unpickling code, strict about fit. The original trainer's
+files of a compiled (``_orig_mod.``) or DDP-wrapped (``module.``) model read like plain ones on every load path."""
 from __future__ import annotations
+
+from argparse import Namespace
 
 import pytest
 import torch
 
+from ds_deblur.ckpt.cli import inspect_main
+from ds_deblur.ckpt.manager import CheckpointManager, CheckpointOptions
+from ds_deblur.ckpt.single_file import load_single_file
 from ds_deblur.ckpt.weights import load_weights, read_weights
 from ds_deblur.config import load_config
-from ds_deblur.models import build_model
 from ds_deblur.errors import CheckpointFormatError
+from ds_deblur.models import build_model
 
 TINY = load_config({"DATA": {"ROOT": "/unused"}}, ["MODEL.PRESET=tiny", "DATA.K=4"])
 
@@ -81,3 +87,78 @@ def test_ema_weights_are_chosen_as_the_run_validated_or_as_asked(tmp_path, train
     torch.save(trained, tmp_path / "export.pth")
     with pytest.raises(CheckpointFormatError, match="holds one set of weights"):
         read_weights(tmp_path / "export.pth", ema=True)
+
+
+# --- the original trainer's files of a compiled / DDP-wrapped model ----------------------------------------------
+
+# Wrapper prefixes as saved, outermost first.
+PREFIXES = [("_orig_mod.",), ("module.",), ("module.", "_orig_mod."), ("_orig_mod.", "module.")]
+WRAPPERS = {"_orig_mod.": "torch.compile's", "module.": "DistributedDataParallel's"}
+
+
+@pytest.fixture(scope="module")
+def original_best(tmp_path_factory) -> dict:
+    """A best.pth of the original trainer's layout (step, epoch, best_psnr, state_dict, AdamW over
+    model.parameters() after one step, a scheduler and a GradScaler state) with unwrapped keys."""
+    model = fresh(1)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    sum(p.square().sum() for p in model.parameters()).backward()
+    optimizer.step()
+    return {"step": 1, "epoch": 0, "best_psnr": 25.5, "state_dict": model.state_dict(),
+            "optimizer": optimizer.state_dict(), "scheduler": {"last_epoch": 1, "_last_lr": [1e-3]},
+            "scaler": {"scale": 4096.0, "growth_factor": 2.0, "backoff_factor": 0.5, "growth_interval": 2000,
+                       "_growth_tracker": 1}}
+
+
+def saved_with_prefix(ckpt: dict, prefixes: tuple[str, ...], path) -> object:
+    """``ckpt`` as the original trainer saves a wrapped module (its state_dict keys carry ``prefixes``)."""
+    torch.save({**ckpt, "state_dict": {"".join(prefixes) + k: v for k, v in ckpt["state_dict"].items()}}, path)
+    return path
+
+
+def stripped_line(path, prefixes: tuple[str, ...], count: int) -> str:
+    carried = " and ".join(f"{WRAPPERS[p]} '{p}' prefix ({count} keys)" for p in prefixes)
+    return f"[ckpt] {path}: keys carried {carried}; stripped"
+
+
+@pytest.mark.parametrize("prefixes", PREFIXES)
+@pytest.mark.parametrize("name, keys", [("best.pth", None), ("last.pth", ("step", "state_dict"))])
+def test_a_wrapped_models_original_file_loads_like_the_plain_one(original_best, tmp_path, capsys, prefixes, name,
+                                                                   keys):
+    original = {k: v for k, v in original_best.items() if keys is None or k in keys}
+    plain = tmp_path / "plain.pth"
+    torch.save(original, plain)
+    wrapped = saved_with_prefix(original, prefixes, tmp_path / name)
+    want = load_single_file(plain)
+    capsys.readouterr()
+    got = load_single_file(wrapped)  # --resume FILE.pth
+    assert capsys.readouterr().out.splitlines() == [stripped_line(wrapped, prefixes, len(want["state_dict"]))]
+    assert list(got["state_dict"]) == list(want["state_dict"]) and same(got["state_dict"], want["state_dict"])
+    # Adam's state is numbered by position in model.parameters(), which a wrapper leaves in the same order.
+    assert got["optimizer"] is want["optimizer"] is None or \
+        torch.equal(got["optimizer"]["state"][0]["exp_avg"], want["optimizer"]["state"][0]["exp_avg"])
+    model = fresh(2)
+    assert "single file (step 1)" in load_weights(model, wrapped)  # --init-weights
+    assert same(model.state_dict(), original["state_dict"])
+    assert same(read_weights(wrapped).state_dict, original["state_dict"])  # ds-deblur infer --ckpt
+
+
+def test_resume_puts_a_compiled_models_weights_into_the_model(original_best, tmp_path):
+    path = saved_with_prefix(original_best, ("_orig_mod.",), tmp_path / "best.pth")
+    said: list[str] = []
+    manager = CheckpointManager(CheckpointOptions(tmp_path / "ckpts", 1, 1, False), TINY, None, 1, "fp32",
+                                said.append)
+    model = fresh(2)
+    manager.prepare(Namespace(resume=str(path), init_weights=None, reset_optimizer=False), model, {})
+    assert same(model.state_dict(), original_best["state_dict"])
+    assert any("A checkpoint of the original S-VRT trainer" in line for line in said)
+
+
+def test_inspect_reads_a_compiled_models_original_file(original_best, tmp_path, capsys):
+    path = saved_with_prefix(original_best, ("_orig_mod.",), tmp_path / "best.pth")
+    assert inspect_main([str(path)]) == 0
+    out, err = capsys.readouterr()
+    assert "written by the original S-VRT trainer" in out and "step 1  epoch 0  best PSNR 25.5000" in out
+    assert f"state_dict        {len(original_best['state_dict'])} tensors" in out
+    assert "GradScaler, scale 4096.0" in out
+    assert stripped_line(path, ("_orig_mod.",), len(original_best["state_dict"])) in err  # stdout is the report's

@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 import torch
-from support.tag_factory import REPO, Toy, reference
 
 from ds_deblur.ckpt.cli import inspect_main as main
 from ds_deblur.ckpt.export import export_tag
+from support.tag_factory import REPO, Toy, reference
 
 NUMEL = sum(t.numel() for t in Toy().state_dict().values())
 

@@ -1,6 +1,8 @@
 """The original S-VRT trainer's own checkpoint files, made here with plain PyTorch as its trainer made them
 (``best.pth``: step, epoch, best_psnr, state_dict, AdamW over model.parameters(), its SequentialLR schedule, a
-GradScaler; ``last.pth``: step and state_dict only), resume on 1 and 2 ranks and initialise new runs."""
+GradScaler; ``last.pth``: step and state_dict only), resume on 1 and 2 ranks (fp32, and fp16 for the GradScaler's
+state) and initialise new runs. The schedule and the scaler are the original's own (torch's classes built as
+src/train.py builds them, tests/support/original_trainer.py), so what is compared is independent of our code."""
 from __future__ import annotations
 
 import math
@@ -9,8 +11,6 @@ import shutil
 import pytest
 import torch
 from deepspeed.runtime.fp16.loss_scaler import DynamicLossScaler
-from support.original_trainer import lrs_of, torch_schedule
-from support.train_utils import config_for, make_dataset, output_of, run_train
 
 from ds_deblur.ckpt.gather import loss_scaler_values
 from ds_deblur.ckpt.single_file import (from_original, grad_scaler_state, load_single_file, loss_scaler_values_of,
@@ -20,16 +20,18 @@ from ds_deblur.data import build_dataloaders
 from ds_deblur.losses import charbonnier_loss
 from ds_deblur.models import build_model
 from ds_deblur.run_log import read_train_log
-from ds_deblur.zero.setup import build_scheduler
+from support.original_trainer import original_lrs, original_scheduler
+from support.train_utils import config_for, ds_json, output_of, run_train
 
 STEPS, TOTAL = 3, 6
-SETS = [f"TRAIN.TOTAL_STEPS={TOTAL}", "TRAIN.WARMUP_STEPS=2", "TRAIN.VAL_EVERY_STEPS=100",
+# MIN_LR 0, the default (tiny_synth.yaml sets 1e-5): the original has no eta_min, so its schedule can be compared.
+SETS = [f"TRAIN.TOTAL_STEPS={TOTAL}", "TRAIN.SCHED.WARMUP_STEPS=2", "TRAIN.SCHED.MIN_LR=0", "LOG.VAL_EVERY_STEPS=100",
         "LOG.SAVE_EVERY_STEPS=100"]
-
-
-@pytest.fixture(scope="module")
-def data(tmp_path_factory):
-    return make_dataset(tmp_path_factory.mktemp("original_data") / "synth")
+# The original's GradScaler when it saved best.pth: a scale and a growth tracker no default gives. With a window of
+# GROWTH_INTERVAL clean steps, a GradScaler at TRACKER grows the scale on the second step after the save. (The
+# original keeps GradScaler's default interval, 2000; DeepSpeed grows on the same step when its JSON's
+# loss_scale_window equals the interval, as the fp16 test's does.)
+SCALE, GROWTH_INTERVAL, TRACKER = 2.0 ** 12, 39, 37
 
 
 @pytest.fixture(scope="module")
@@ -42,8 +44,9 @@ def original(data, tmp_path_factory):
     optim = cfg.TRAIN.OPTIM
     optimizer = torch.optim.AdamW(model.parameters(), lr=optim.LR, betas=tuple(optim.BETAS),
                                   weight_decay=optim.WEIGHT_DECAY)
-    scheduler = build_scheduler(optimizer, cfg, TOTAL)
-    scaler = torch.amp.GradScaler("cpu", init_scale=2.0 ** 12, growth_interval=2)
+    scheduler = original_scheduler(optimizer, cfg.to_dict(), TOTAL)
+    scaler = torch.amp.GradScaler("cpu", init_scale=SCALE, growth_interval=GROWTH_INTERVAL)
+    scaler.load_state_dict({**scaler.state_dict(), "_growth_tracker": TRACKER - STEPS})  # a long run's tracker
     batches = iter(build_dataloaders(cfg, num_workers=0)[0])
     for _ in range(STEPS):
         batch = next(batches)
@@ -53,6 +56,7 @@ def original(data, tmp_path_factory):
         scaler.update()
         optimizer.zero_grad()
         scheduler.step()
+    assert (scaler.get_scale(), scaler.state_dict()["_growth_tracker"]) == (SCALE, TRACKER)  # no overflow
     best, last = out / "best.pth", out / "last.pth"
     torch.save({"step": STEPS, "epoch": 0, "best_psnr": 25.5, "state_dict": model.state_dict(),
                 "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
@@ -62,10 +66,28 @@ def original(data, tmp_path_factory):
 
 
 def scheduled_lrs(data, tmp_path) -> list[float]:
-    """The original schedule's LR at each optimizer step of the whole run, from torch's own schedulers."""
+    """The original schedule's LR at each optimizer step of the whole run (built as the original builds it; our
+    TRAIN.SCHED.MIN_LR is unset, so ours must be the same)."""
     cfg = config_for(data, tmp_path, SETS)
-    sched = cfg.TRAIN.SCHED
-    return lrs_of(*torch_schedule(cfg.TRAIN.OPTIM.LR, sched.WARMUP_STEPS, TOTAL, sched.MIN_LR), TOTAL)
+    assert cfg.TRAIN.SCHED.MIN_LR == 0.0
+    return original_lrs(cfg.TRAIN.OPTIM.LR, cfg.TRAIN.SCHED.WARMUP_STEPS, TOTAL)
+
+
+def grad_scaler_scales(state: dict, steps: int) -> list[float]:
+    """The scale after each of ``steps`` clean steps of torch's GradScaler resumed from ``state`` (what the original
+    trainer would have used next), on a parameter of its own."""
+    param = torch.nn.Parameter(torch.ones(1))
+    optimizer = torch.optim.SGD([param], lr=0.0)
+    scaler = torch.amp.GradScaler("cpu")
+    scaler.load_state_dict(state)
+    scales = []
+    for _ in range(steps):
+        scaler.scale(param.sum()).backward()
+        scaler.step(optimizer)
+        scaler.update()
+        optimizer.zero_grad()
+        scales.append(scaler.get_scale())
+    return scales
 
 
 @pytest.mark.dist
@@ -115,6 +137,26 @@ def test_original_last_pth_restores_weights_and_step_with_a_fresh_optimizer(data
         assert math.isclose(record["lr"], want, rel_tol=1e-9), (record, want)
 
 
+@pytest.mark.dist
+@pytest.mark.slow
+def test_original_grad_scaler_state_becomes_deepspeeds_loss_scale(data, original, tmp_path):
+    """best.pth resumed under fp16 (the CPU opt-in): DeepSpeed's loss scale starts at the GradScaler's saved scale
+    (not the JSON's initial 2**8) and grows on the step GradScaler itself would grow it, which it only does if the
+    growth tracker was carried; the wanted scales come from torch's GradScaler resumed from the same state."""
+    fp16 = {"enabled": True, "loss_scale": 0, "initial_scale_power": 8, "hysteresis": 1, "min_loss_scale": 1,
+            "loss_scale_window": GROWTH_INTERVAL}
+    config, out = ds_json(tmp_path, "ds_configs/zero2_fp16.json", fp16=fp16), tmp_path / "run"
+    proc = run_train(data, out, config, SETS, ranks=1, env={"DS_DEBLUR_ALLOW_CPU_FP16": "1"},
+                     extra=["--resume", str(original[0]), "--stop-at-step", str(STEPS + 2)])
+    assert proc.returncode == 0, output_of(proc)
+    assert "✓ Loss scaler state loaded" in proc.stdout
+    log = read_train_log(out)
+    assert [(r["step"], r["skipped"]) for r in log] == [(STEPS + 1, 0), (STEPS + 2, 0)]  # two clean steps
+    want = grad_scaler_scales(torch.load(original[0], weights_only=True)["scaler"], 2)
+    assert want == [SCALE, 2 * SCALE]  # the saved scale, then a growth on the second step (tracker 37 of 39)
+    assert [r["loss_scale"] for r in log] == want, log
+
+
 @pytest.mark.slow
 def test_original_files_read_in_our_layout_and_initialise(original, data, tmp_path):
     best, last = original
@@ -125,7 +167,8 @@ def test_original_files_read_in_our_layout_and_initialise(original, data, tmp_pa
         assert "single file (step 3)" in load_weights(model, path)  # --init-weights accepts both
         assert all(torch.equal(model.state_dict()[k], v) for k, v in ckpt["state_dict"].items())
     best_ckpt, last_ckpt = load_single_file(best), load_single_file(last)
-    assert best_ckpt["best_psnr"] == 25.5 and best_ckpt["meta"]["loss_scaler"]["cur_scale"] > 0
+    assert best_ckpt["best_psnr"] == 25.5 and best_ckpt["meta"]["loss_scaler"]["cur_scale"] == SCALE
+    assert best_ckpt["scaler"] == torch.load(best, weights_only=True)["scaler"]
     assert last_ckpt["optimizer"] is None and last_ckpt["best_psnr"] == float("-inf")
 
 

@@ -12,12 +12,7 @@ import torch
 
 from ds_deblur.ckpt.single_file import single_file_dict
 from ds_deblur.run_log import read_train_log
-from support.train_utils import REPO, ds_json, make_dataset, output_of, run_train, shm_buffers, train_command
-
-
-@pytest.fixture(scope="module")
-def data(tmp_path_factory):
-    return make_dataset(tmp_path_factory.mktemp("resume_data") / "synth")
+from support.train_utils import REPO, ds_json, output_of, run_train, shm_buffers, train_command
 
 
 def weights(run_dir) -> dict:
@@ -27,7 +22,7 @@ def weights(run_dir) -> dict:
 def check_exact_resume(data, tmp_path, config: str, ranks: int, env=None, val_every: int = 2) -> list[dict]:
     """A run of 6 steps and one of 3 + resume + 3 give bitwise-equal train logs and final weights."""
     # 8 clips, 4 per rank and epoch on 2 ranks (8 on 1): step 3 of 6 falls in the middle of epoch 0.
-    sets = ["TRAIN.TOTAL_STEPS=6", f"TRAIN.VAL_EVERY_STEPS={val_every}", "LOG.SAVE_EVERY_STEPS=2"]
+    sets = ["TRAIN.TOTAL_STEPS=6", f"LOG.VAL_EVERY_STEPS={val_every}", "LOG.SAVE_EVERY_STEPS=2"]
     straight, pieces = tmp_path / "straight", tmp_path / "pieces"
     proc = run_train(data, straight, config, sets, ranks=ranks, env=env)
     assert proc.returncode == 0, output_of(proc)
@@ -75,7 +70,7 @@ def test_fp16_resume_is_exact_including_the_loss_scaler(data, tmp_path):
 ])
 def test_resume_from_last_pth_on_another_stage_or_world_size(data, tmp_path, saved_on, stage, ranks, epochs):
     # Saved with ZeRO 1, resumed from the single file with another ZeRO stage and/or world size.
-    sets = ["TRAIN.TOTAL_STEPS=6", "TRAIN.VAL_EVERY_STEPS=2", "LOG.SAVE_EVERY_STEPS=2"]
+    sets = ["TRAIN.TOTAL_STEPS=6", "LOG.VAL_EVERY_STEPS=2", "LOG.SAVE_EVERY_STEPS=2"]
     straight, pieces = tmp_path / "straight", tmp_path / "pieces"
     first = ds_json(tmp_path, "ds_configs/cpu_fp32.json", 1)
     proc = run_train(data, straight, first, sets, ranks=saved_on)
@@ -120,7 +115,7 @@ def test_resume_from_last_pth_on_another_stage_or_world_size(data, tmp_path, sav
 @pytest.mark.parametrize("stage, saved_on, ranks", [(3, 2, 1), (1, 1, 2)])
 def test_sharded_tag_resumes_on_another_world_size(data, tmp_path, stage, saved_on, ranks):
     config = ds_json(tmp_path, "ds_configs/cpu_fp32.json", stage)
-    sets = ["TRAIN.TOTAL_STEPS=6", "TRAIN.VAL_EVERY_STEPS=100", "LOG.SAVE_EVERY_STEPS=2"]
+    sets = ["TRAIN.TOTAL_STEPS=6", "LOG.VAL_EVERY_STEPS=100", "LOG.SAVE_EVERY_STEPS=2"]
     first, resaved, continued = tmp_path / "first", tmp_path / "resaved", tmp_path / "continued"
     proc = run_train(data, first, config, sets, ranks=saved_on, extra=["--stop-at-step", "4"])
     assert proc.returncode == 0, output_of(proc)
@@ -174,7 +169,7 @@ def test_sigterm_finishes_the_step_saves_and_exits_zero(data, tmp_path):
 @pytest.mark.slow
 def test_kill_during_a_save_leaves_latest_on_the_previous_complete_tag(data, tmp_path):
     out = tmp_path / "run"
-    sets = ["TRAIN.TOTAL_STEPS=6", "TRAIN.VAL_EVERY_STEPS=100", "LOG.SAVE_EVERY_STEPS=2"]
+    sets = ["TRAIN.TOTAL_STEPS=6", "LOG.VAL_EVERY_STEPS=100", "LOG.SAVE_EVERY_STEPS=2"]
     shm_before = shm_buffers()
     proc = run_train(data, out, sets=sets, env={"DS_DEBLUR_KILL_IN_SAVE": "step_000004"})
     assert proc.returncode != 0
@@ -195,7 +190,7 @@ def test_kill_during_a_save_leaves_latest_on_the_previous_complete_tag(data, tmp
 @pytest.mark.parametrize("killed_at", [4, 6])  # mid-run, and in the export of the final tag
 def test_kill_during_a_background_export_keeps_the_previous_file_whole(data, tmp_path, killed_at):
     out = tmp_path / "run"
-    sets = ["TRAIN.TOTAL_STEPS=6", "TRAIN.VAL_EVERY_STEPS=100", "LOG.SAVE_EVERY_STEPS=2"]
+    sets = ["TRAIN.TOTAL_STEPS=6", "LOG.VAL_EVERY_STEPS=100", "LOG.SAVE_EVERY_STEPS=2"]
     proc = run_train(data, out, sets=sets, env={"DS_DEBLUR_KILL_IN_EXPORT": f"step_{killed_at:06d}"})
     assert proc.returncode != 0
     ckpts = out / "ckpts"
@@ -213,16 +208,16 @@ def test_kill_during_a_background_export_keeps_the_previous_file_whole(data, tmp
 @pytest.mark.dist
 @pytest.mark.slow
 def test_reset_optimizer_keeps_weights_and_counters_with_a_fresh_schedule(data, tmp_path):
-    # ZeRO-3: DeepSpeed's own weights-only load would ignore the tag (DeepSpeed issue #8499); ours reads it.
+    # ZeRO-3: DeepSpeed's own weights-only load would ignore the tag; ours reads it.
     config = ds_json(tmp_path, "ds_configs/cpu_fp32.json", 3)
     out = tmp_path / "run"
     proc = run_train(data, out, config, ["TRAIN.TOTAL_STEPS=6"], extra=["--stop-at-step", "2"])
     assert proc.returncode == 0, output_of(proc)
-    sets = ["TRAIN.TOTAL_STEPS=3", "TRAIN.LR=5e-4", "TRAIN.WARMUP_STEPS=2"]
+    sets = ["TRAIN.TOTAL_STEPS=3", "TRAIN.OPTIM.LR=5e-4", "TRAIN.SCHED.WARMUP_STEPS=2"]
     proc = run_train(data, out, config, sets, extra=["--resume", str(out / "ckpts/step_000002"), "--reset-optimizer"])
     assert proc.returncode == 0, output_of(proc)
     assert "Resuming from step 2 (epoch 0)" in proc.stdout and "start fresh (--reset-optimizer)" in proc.stdout
-    assert "TRAIN.OPTIM.LR: 0.002 -> 0.0005" in proc.stdout  # (set as TRAIN.LR) the canonical, original spelling
+    assert "TRAIN.OPTIM.LR: 0.002 -> 0.0005" in proc.stdout  # the original's spelling
     log = read_train_log(out)
     assert [r["step"] for r in log] == [1, 2, 3]
     assert log[2]["lr"] == pytest.approx(5e-4 * 1e-3)  # a new warm-up at the new LR: the original's LinearLR start

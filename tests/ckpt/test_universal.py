@@ -2,19 +2,16 @@
 
 The toy tags of tests/support/tag_factory.py, saved on 2 ranks, load on 1, and saved on 1, load on 2: weights, Adam moments
 and step, buffers, LR and (fp16) loss scaler must be exactly what the saving run held. The trainer-level runs are
-in tests/test_resume.py."""
+in tests/ckpt/test_resume.py."""
 from __future__ import annotations
 
 import json
 import os
-import shutil
 from pathlib import Path
 
 import pytest
 import torch
 import torch.multiprocessing as mp
-from support.tag_factory import TAGS, TOTAL_STEPS, Toy, _reference, make_config, reference
-from support.train_utils import free_port
 
 from ds_deblur import distributed
 from ds_deblur.ckpt import universal
@@ -22,6 +19,9 @@ from ds_deblur.ckpt.tag_io import load_tag
 from ds_deblur.ckpt.tags import committed_step, read_commit
 from ds_deblur.errors import CheckpointError, UniversalError
 from ds_deblur.zero.setup import initialize
+from support.files import copy_tag
+from support.tag_factory import TAGS, TOTAL_STEPS, Toy, _reference, make_config, reference
+from support.train_utils import free_port
 
 
 def load_elsewhere(rank: int, world: int, port: int, tag_dir: str, out: str, enable: bool) -> None:
@@ -57,13 +57,6 @@ def load_elsewhere(rank: int, world: int, port: int, tag_dir: str, out: str, ena
 def load_on(world: int, tag_dir: Path, out: Path, enable: bool = True) -> dict:
     mp.spawn(load_elsewhere, args=(world, free_port(), str(tag_dir), str(out), enable), nprocs=world, join=True)
     return torch.load(out, weights_only=False)
-
-
-def copy_tag(tags: Path, name: str, tmp_path: Path) -> Path:
-    """The tag alone in a directory of its own (its cache is written beside it)."""
-    tag_dir = tmp_path / "ckpts" / name
-    shutil.copytree(tags / "ckpts" / name, tag_dir)
-    return tag_dir
 
 
 @pytest.mark.dist

@@ -1,12 +1,12 @@
-import json
 import warnings
 from pathlib import Path
 
 import pytest
 import yaml
 
-from ds_deblur.config import (ALIASES, Config, ConfigError, canonical_dict, describe, describe_aliases, load_config,
-                              resume_request, save_config)
+from ds_deblur.config import Config, ConfigError, canonical_dict, load_config, load_stored_config, save_config
+from ds_deblur.config.legacy import EARLIER_KEYS, SPELLINGS
+from ds_deblur.data.loader import prefetch_factor, workers_per_rank
 from support.original_trainer import loaded_with_warnings, reference_raw
 
 REPO = Path(__file__).resolve().parents[2]
@@ -16,9 +16,7 @@ MINIMAL = {"DATA": {"ROOT": "/data"}}
 def test_defaults_fill_every_key():
     cfg = load_config(MINIMAL)
     assert cfg.DATA.CLIP_LEN == 5 and cfg.DATA.K == 32 and cfg.MODEL.PRESET == "base"
-    assert cfg.TRAIN.BETAS == [0.9, 0.99] and cfg.LOG.SAVE_DIR == "outputs"
-    # every key documented
-    assert all("#" in line and line.split("#", 1)[1].strip() for line in describe())
+    assert cfg.TRAIN.OPTIM.BETAS == [0.9, 0.99] and cfg.LOG.SAVE_DIR == "outputs"
 
 
 def test_baseline_yaml_has_the_original_settings():
@@ -28,10 +26,11 @@ def test_baseline_yaml_has_the_original_settings():
     assert load_config(MINIMAL).MODEL.CHANNELS_PER_SCALE is None  # the preset's widths
     assert cfg.MODEL.SPIKE_TSA.HEADS == 4 and cfg.MODEL.FUSE.HEADS == 4
     assert (cfg.TRAIN.BATCH_SIZE, cfg.TRAIN.GRADIENT_ACCUMULATION_STEPS) == (1, 6)
-    assert cfg.TRAIN.LR == 1e-4 and cfg.TRAIN.BETAS == [0.9, 0.99] and cfg.TRAIN.WEIGHT_DECAY == 1e-4
-    assert cfg.TRAIN.WARMUP_STEPS == 256 and cfg.TRAIN.CLIP_GRAD_NORM == 1.0
-    assert cfg.LOSS.CHARBONNIER_DELTA == 1e-3 and cfg.LOSS.VGG_WEIGHT == 0.1 and cfg.LOSS.VGG_LAYER == "relu3_3"
-    assert cfg.TRAIN.VAL_EVERY_STEPS == 1000
+    optim, loss = cfg.TRAIN.OPTIM, cfg.LOSS
+    assert optim.LR == 1e-4 and optim.BETAS == [0.9, 0.99] and optim.WEIGHT_DECAY == 1e-4
+    assert cfg.TRAIN.SCHED.WARMUP_STEPS == 256 and cfg.TRAIN.MAX_GRAD_NORM == 1.0
+    assert loss.CHARBONNIER.DELTA == 1e-3 and loss.VGG_PERCEPTUAL.WEIGHT == 0.1
+    assert loss.VGG_PERCEPTUAL.LAYERS == ["relu3_3"] and cfg.LOG.VAL_EVERY_STEPS == 1000
 
 
 def test_tiny_yaml_loads():
@@ -39,17 +38,17 @@ def test_tiny_yaml_loads():
 
 
 def test_overrides_parse_yaml_values():
-    cfg = load_config(MINIMAL, ["TRAIN.LR=2e-4", "MODEL.VRT.EMBED_DIMS=[8, 16]", "DATA.SPIKE_SIZE=null",
+    cfg = load_config(MINIMAL, ["TRAIN.OPTIM.LR=2e-4", "MODEL.VRT.EMBED_DIMS=[8, 16]", "DATA.SPIKE_SIZE=null",
                                 "MODEL.USE_SPIKE=false"])
-    assert cfg.TRAIN.LR == 2e-4 and cfg.MODEL.VRT.EMBED_DIMS == [8, 16]
+    assert cfg.TRAIN.OPTIM.LR == 2e-4 and cfg.MODEL.VRT.EMBED_DIMS == [8, 16]
     assert cfg.DATA.SPIKE_SIZE is None and cfg.MODEL.USE_SPIKE is False
 
 
 def test_yaml_float_without_dot_is_accepted(tmp_path):
     # PyYAML reads `1e-4` as a string; users write it that way.
     path = tmp_path / "c.yaml"
-    path.write_text("DATA:\n  ROOT: /d\nTRAIN:\n  LR: 1e-4\n")
-    assert load_config(path).TRAIN.LR == 1e-4
+    path.write_text("DATA:\n  ROOT: /d\nTRAIN:\n  OPTIM:\n    LR: 1e-4\n")
+    assert load_config(path).TRAIN.OPTIM.LR == 1e-4
 
 
 @pytest.mark.parametrize("raw, overrides, needle", [
@@ -58,17 +57,18 @@ def test_yaml_float_without_dot_is_accepted(tmp_path):
     ({}, [], "DATA.ROOT is missing"),
     (MINIMAL, ["DATA.CROP_SIZE=100"], "DATA.CROP_SIZE must be a positive multiple of 8"),
     (MINIMAL, ["DATA.CLIP_LEN=1"], "DATA.CLIP_LEN must be >= 2"),
-    (MINIMAL, ["TRAIN.LR=-1e-4"], "TRAIN.LR must be > 0"),
+    (MINIMAL, ["TRAIN.OPTIM.LR=-1e-4"], "TRAIN.OPTIM.LR must be > 0"),
     (MINIMAL, ["TRAIN.BATCH_SIZE=2.5"], "TRAIN.BATCH_SIZE must be an integer"),
-    (MINIMAL, ["TRAIN.LR=fast"], "TRAIN.LR must be a number"),
+    (MINIMAL, ["TRAIN.OPTIM.LR=fast"], "TRAIN.OPTIM.LR must be a number"),
     (MINIMAL, ["MODEL.USE_SPIKE=3"], "MODEL.USE_SPIKE must be true or false"),
     (MINIMAL, ["MODEL.PRESET=huge"], "MODEL.PRESET must be one of tiny, base, vrt_gopro"),
-    (MINIMAL, ["TRAIN.BETAS=[0.9]"], "TRAIN.BETAS must be two numbers"),
-    (MINIMAL, ["LOSS.VGG_LAYER=relu9_9"], "LOSS.VGG_LAYER must be one of"),
+    (MINIMAL, ["TRAIN.OPTIM.BETAS=[0.9]"], "TRAIN.OPTIM.BETAS must be 2 values"),
+    (MINIMAL, ["TRAIN.OPTIM.BETAS=[0.9, 1.0]"], "TRAIN.OPTIM.BETAS entries must be in [0, 1), got [0.9, 1.0]"),
+    (MINIMAL, ["LOSS.VGG_PERCEPTUAL.LAYERS=[relu9_9]"], "LOSS.VGG_PERCEPTUAL.LAYERS entries must be one of"),
     (MINIMAL, ["TRAIN.VAL_TILE_SIZE=64", "TRAIN.VAL_TILE_OVERLAP=64"], "TRAIN.VAL_TILE_OVERLAP must be in"),
     (MINIMAL, ["TRAIN.TOTAL_STEPS=null"], "TRAIN.TOTAL_STEPS and TRAIN.EPOCHS are both null"),
     (MINIMAL, ["MODEL.CHANNELS_PER_SCALE=[96, 96]"], "MODEL.CHANNELS_PER_SCALE must be 4"),
-    (MINIMAL, ["TRAIN.LR"], "expected SECTION.KEY=VALUE"),
+    (MINIMAL, ["TRAIN.OPTIM.LR"], "expected SECTION.KEY=VALUE"),
     (MINIMAL, ["DATA=3"], "DATA must be a mapping"),
 ])
 def test_bad_values_name_the_key(raw, overrides, needle):
@@ -104,7 +104,7 @@ def test_legacy_keys_warn_and_renamed_key_applies():
 
 
 def test_round_trip_through_dict_and_yaml(tmp_path):
-    cfg = load_config(MINIMAL, ["MODEL.PRESET=tiny", "TRAIN.LR=3e-4"])
+    cfg = load_config(MINIMAL, ["MODEL.PRESET=tiny", "TRAIN.OPTIM.LR=3e-4"])
     assert load_config(cfg.to_dict()) == cfg
     save_config(cfg, tmp_path / "config.yaml", deepspeed={"zero_optimization": {"stage": 2}})
     data = yaml.safe_load((tmp_path / "config.yaml").read_text())
@@ -113,10 +113,10 @@ def test_round_trip_through_dict_and_yaml(tmp_path):
     assert isinstance(load_config(cfg), Config)
 
 
-# --- the original trainer's schema (issue 13) ------------------------------------------------------------------
+# --- the original trainer's schema ---------------------------------------------------------------------------------
 
-OLD_SCHEMA = REPO / "tests/support/config_before_original_schema.yaml"  # a stored config of our earlier schema
-# What loading the reference warns about: the README (Config) documents each of these keys.
+OLD_SCHEMA = REPO / "tests/support/config_before_original_schema.yaml"  # a stored config in the dropped spellings
+# What loading the reference warns about: docs/original-trainer.md documents each of these keys.
 REFERENCE_WARNED = {
     "TRAIN.COMPILE_MODEL", "DATA.USE_RAM_CACHE", "DATA.CACHE_SIZE_GB", "DATA.ALIGN_LOG_PATHS",
     *(f"MODEL.{part}.{key}" for part in ("SPIKE_TSA", "FUSE")
@@ -147,13 +147,13 @@ def test_reference_config_loads_with_the_originals_meaning():
     assert cfg.MODEL.SPIKE_TSA.CHUNK_PIXELS == cfg.MODEL.FUSE.CHUNK_PIXELS == 49152  # MAX_BATCH_TOKENS
     assert cfg.MODEL.VRT.USE_CHECKPOINT_ATTN and cfg.MODEL.VRT.USE_CHECKPOINT_FFN
     loader = cfg.DATALOADER
-    assert loader.TOTAL_WORKERS == "cpu*0.9" and loader.workers_per_rank(4, cpu_count=16) == 3
-    assert (loader.prefetch(True), loader.prefetch(False), loader.PERSISTENT_WORKERS) == (2, 2, False)
+    assert loader.TOTAL_WORKERS == "cpu*0.9" and workers_per_rank(loader, 4, cpu_count=16) == 3
+    assert (prefetch_factor(loader, True), prefetch_factor(loader, False), loader.PERSISTENT_WORKERS) == (2, 2, False)
     assert (cfg.TEST.BATCH_SIZE, cfg.TEST.NUM_WORKERS) == (1, 2)
     warned = {key for text in said for key in REFERENCE_WARNED if key in text}
     assert warned == REFERENCE_WARNED and all("ignored" in text for text in said), said
-    readme = (REPO / "README.md").read_text()
-    assert all(f"`{key}`" in readme for key in REFERENCE_WARNED)  # documented warnings only
+    guide = (REPO / "docs/original-trainer.md").read_text()
+    assert all(f"`{key}`" in guide for key in REFERENCE_WARNED)  # documented warnings only
 
 
 def test_shipped_baseline_is_the_originals_file():
@@ -162,59 +162,68 @@ def test_shipped_baseline_is_the_originals_file():
     assert shipped == loaded_with_warnings(reference_raw())[0]
 
 
-@pytest.mark.parametrize("old", sorted(ALIASES))
-def test_every_alias_sets_its_canonical_key_and_reads_back(old):
-    alias = ALIASES[old]
-    sample = {"LOSS.VGG_LAYER": "relu2_2", "TRAIN.BETAS": [0.8, 0.9], "TRAIN.MIN_LR": 1e-6, "DATA.SPIKE_STD": 0.5,
-              "DATA.SPIKE_MEAN": 0.25, "TRAIN.ACCUMULATE_GRAD": 3}.get(old, 7)
+@pytest.mark.parametrize("old", sorted(SPELLINGS))
+def test_every_other_spelling_of_the_original_sets_its_canonical_key(old):
+    spelling = SPELLINGS[old]
     raw = {"DATA": {"ROOT": "/d"}}
-    _set(raw, old, sample)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
+    _set(raw, old, 3)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
         cfg = load_config(raw)
-        by_override = load_config(MINIMAL, [f"{old}={json.dumps(sample)}"])
-    canonical = alias.to_key(sample)
-    assert _get(cfg, alias.key) == canonical and _get(by_override, alias.key) == canonical
-    if not alias.warn:
-        assert _get(cfg, old) == sample  # the old attribute still reads it (cfg.TRAIN.LR)
-    assert _flat_keys(cfg.to_dict()) >= {alias.key} and old not in _flat_keys(cfg.to_dict())
+        by_override = load_config(MINIMAL, [f"{old}=3"])
+    assert _get(cfg, spelling.key) == 3 and _get(by_override, spelling.key) == 3
+    assert bool(caught) == spelling.warn
+    assert spelling.key in _flat_keys(cfg.to_dict()) and old not in _flat_keys(cfg.to_dict())
+
+
+@pytest.mark.parametrize("old", sorted(EARLIER_KEYS))
+def test_earlier_ds_deblur_names_are_unknown_keys_that_suggest_the_canonical_one(old):
+    raw = {"DATA": {"ROOT": "/d"}}
+    _set(raw, old, 1)
+    for source, sets in ((raw, []), (MINIMAL, [f"{old}=1"])):
+        with pytest.raises(ConfigError) as err:
+            load_config(source, sets)
+        assert f"unknown config key {old}; did you mean {EARLIER_KEYS[old]}?" in str(err.value)
+    assert not hasattr(_get(load_config(MINIMAL), old.rsplit(".", 1)[0]), old.rsplit(".", 1)[1])
 
 
 def test_both_spellings_must_agree():
-    same = load_config({"DATA": {"ROOT": "/d"}, "TRAIN": {"LR": 2e-4, "OPTIM": {"LR": "2e-4"}}})
-    assert same.TRAIN.OPTIM.LR == 2e-4  # numeric text (PyYAML's 2e-4) equals the number
+    same = load_config({"DATA": {"ROOT": "/d", "K": 16, "NUM_VOXEL_BINS": 16}})
+    assert same.DATA.K == 16
     with pytest.raises(ConfigError) as err:
         load_config({"DATA": {"ROOT": "/d", "K": 32, "NUM_VOXEL_BINS": 16}})
     assert "DATA.NUM_VOXEL_BINS = 16 and DATA.K = 32 are the same setting" in str(err.value)
-    with pytest.raises(ConfigError, match=r"TRAIN.LR = 0.001 and TRAIN.OPTIM.LR = 0.002 are the same setting "
-                                          r"\(TRAIN.LR is read as TRAIN.OPTIM.LR\)"):
-        load_config(MINIMAL, ["TRAIN.LR=1e-3", "TRAIN.OPTIM.LR=2e-3"])
+    with pytest.raises(ConfigError, match=r"DATA.NUM_VOXEL_BINS = 8 and DATA.K = 16 are the same setting "
+                                          r"\(DATA.NUM_VOXEL_BINS is read as DATA.K\)"):
+        load_config(MINIMAL, ["DATA.NUM_VOXEL_BINS=8", "DATA.K=16"])
 
 
 def test_an_override_replaces_either_spelling_of_the_file():
-    cfg = load_config(reference_raw(), ["TRAIN.LR=3e-4", "DATA.K=4", "TRAIN.VAL_EVERY_STEPS=5"])
+    cfg = load_config(reference_raw(), ["TRAIN.OPTIM.LR=3e-4", "DATA.K=4", "LOG.VAL_EVERY_STEPS=5"])
     assert (cfg.TRAIN.OPTIM.LR, cfg.DATA.K, cfg.LOG.VAL_EVERY_STEPS, cfg.LOG.SAVE_EVERY_STEPS) == (3e-4, 4, 5, 5)
-    old_file = load_config(OLD_SCHEMA, ["TRAIN.OPTIM.LR=5e-4"])
-    assert old_file.TRAIN.OPTIM.LR == 5e-4
 
 
 def test_a_stored_config_of_the_earlier_schema_loads_into_the_same_settings():
-    cfg = load_config(OLD_SCHEMA)
+    stored = yaml.safe_load(OLD_SCHEMA.read_text())
+    cfg = load_stored_config(stored)
     assert (cfg.TRAIN.OPTIM.LR, cfg.TRAIN.SCHED.WARMUP_STEPS, cfg.TRAIN.SCHED.MIN_LR) == (2e-3, 1, 1e-5)
     assert (cfg.TRAIN.MAX_GRAD_NORM, cfg.LOG.VAL_EVERY_STEPS, cfg.LOG.SAVE_EVERY_STEPS) == (0.5, 2, 2)
     assert (cfg.DATA.NORM.MEAN, cfg.DATA.NORM.STD, cfg.DATALOADER.NUM_WORKERS) == (0.2, 0.4, 1)
     assert (cfg.LOSS.CHARBONNIER.DELTA, cfg.LOSS.VGG_PERCEPTUAL.LAYERS) == (1e-3, ["relu2_2"])
-    assert canonical_dict(yaml.safe_load(OLD_SCHEMA.read_text())) == cfg.to_dict()
+    assert canonical_dict(stored) == cfg.to_dict() and stored == yaml.safe_load(OLD_SCHEMA.read_text())
+    # As a YAML file (--config) the dropped spellings are errors that name the canonical key.
+    with pytest.raises(ConfigError, match="unknown config key DATA.SPIKE_MEAN; did you mean DATA.NORM.MEAN?"):
+        load_config(OLD_SCHEMA)
 
 
 def test_config_yaml_is_written_in_the_original_spelling(tmp_path):
-    cfg = load_config(OLD_SCHEMA)
+    cfg = load_stored_config(yaml.safe_load(OLD_SCHEMA.read_text()))
     save_config(cfg, tmp_path / "config.yaml")
     written = yaml.safe_load((tmp_path / "config.yaml").read_text())
     keys = _flat_keys(written)
     assert {"TRAIN.OPTIM.LR", "TRAIN.SCHED.WARMUP_STEPS", "TRAIN.MAX_GRAD_NORM", "LOSS.CHARBONNIER.DELTA",
             "LOSS.VGG_PERCEPTUAL.LAYERS", "LOG.VAL_EVERY_STEPS", "DATA.NORM.MEAN"} <= keys
-    assert not keys & set(ALIASES)
+    assert not keys & set(EARLIER_KEYS)
     assert load_config(tmp_path / "config.yaml") == cfg
 
 
@@ -223,35 +232,25 @@ def test_save_every_follows_val_every_unless_set():
     assert load_config(MINIMAL, ["LOG.VAL_EVERY_STEPS=7", "LOG.SAVE_EVERY_STEPS=3"]).LOG.SAVE_EVERY_STEPS == 3
 
 
-@pytest.mark.parametrize("total, world, cpus, per_rank", [
-    ("auto", 2, 10, 4), ("cpu*0.9", 4, 16, 3), ("cpu*0.1", 8, 16, 1), (6, 4, 1, 1), (12, 4, 1, 3), (0, 2, 8, 0),
-])
-def test_total_workers_split_over_the_ranks(total, world, cpus, per_rank):
-    loader = load_config(MINIMAL, [f"DATALOADER.TOTAL_WORKERS={total}"]).DATALOADER
-    assert loader.workers_per_rank(world, cpu_count=cpus) == per_rank
-
-
 def test_worker_keys_give_one_count():
-    assert load_config(MINIMAL).DATALOADER.workers_per_rank(4) == 2  # neither: 2 per rank
-    assert load_config(MINIMAL, ["DATALOADER.NUM_WORKERS=5"]).DATALOADER.workers_per_rank(4) == 5
     with pytest.raises(ConfigError, match="DATALOADER.NUM_WORKERS = 1 and DATALOADER.TOTAL_WORKERS = 'auto' both"):
         load_config(MINIMAL, ["DATALOADER.NUM_WORKERS=1", "DATALOADER.TOTAL_WORKERS=auto"])
     with pytest.raises(ConfigError, match="DATALOADER.TOTAL_WORKERS must be a number, 'auto'"):
         load_config(MINIMAL, ["DATALOADER.TOTAL_WORKERS=many"])
-    loader = load_config(MINIMAL, ["DATALOADER.PREFETCH_FACTOR=3", "DATALOADER.VAL_PREFETCH_FACTOR=1"]).DATALOADER
-    assert (loader.prefetch(True), loader.prefetch(False)) == (3, 1)
+    with pytest.raises(ConfigError, match="DATALOADER.TOTAL_WORKERS must be >= 0, got -1"):
+        load_config(MINIMAL, ["DATALOADER.TOTAL_WORKERS=-1"])
 
 
 @pytest.mark.parametrize("overrides, needle", [
-    (["MODEL.LAYERS=3"], "MODEL.LAYERS must be 4: the spike branch is fused after VRT encoder stages 1-4"),
+    (["MODEL.LAYERS=3"], "MODEL.LAYERS must be 4, got 3 (the spike branch is fused after VRT encoder stages 1-4"),
     (["MODEL.FUSE.TYPE=Concat"], "MODEL.FUSE.TYPE must be TemporalCrossAttn"),
     (["TRAIN.OPTIM.TYPE=sgd"], "TRAIN.OPTIM.TYPE must be one of adamw, adamw8bit"),
-    (["TRAIN.SCHED.TYPE=step"], "TRAIN.SCHED.TYPE must be one of cosine"),
-    (["LOSS.VGG_PERCEPTUAL.LAYERS=[relu2_2, relu3_3]"], "must list exactly one layer"),
-    (["TRAIN.WARMUP_STEPS=-1"], "TRAIN.WARMUP_STEPS must be >= 0, got -1 (TRAIN.WARMUP_STEPS is read as "
-                                "TRAIN.SCHED.WARMUP_STEPS)"),
+    (["TRAIN.SCHED.TYPE=step"], "TRAIN.SCHED.TYPE must be cosine, got 'step'"),
+    (["LOSS.VGG_PERCEPTUAL.LAYERS=[]"], "LOSS.VGG_PERCEPTUAL.LAYERS must list at least one VGG16 layer"),
+    (["DATA.NUM_VOXEL_BINS=0"], "DATA.NUM_VOXEL_BINS must be >= 1, got 0 (DATA.NUM_VOXEL_BINS is read as DATA.K)"),
     (["TRAIN.OPTIM.LRR=1"], "unknown config key TRAIN.OPTIM.LRR; did you mean TRAIN.OPTIM.LR?"),
-    (["TRAIN.LRATE=1"], "unknown config key TRAIN.LRATE; did you mean TRAIN.LR (read as TRAIN.OPTIM.LR)?"),
+    (["TRAIN.LRATE=1"], "unknown config key TRAIN.LRATE; did you mean TRAIN.OPTIM.LR?"),
+    (["TRAIN.WARMUP_STEP=1"], "unknown config key TRAIN.WARMUP_STEP; did you mean TRAIN.SCHED.WARMUP_STEPS?"),
 ])
 def test_original_keys_are_checked(overrides, needle):
     with pytest.raises(ConfigError) as err:
@@ -262,33 +261,6 @@ def test_original_keys_are_checked(overrides, needle):
 def test_val_batch_size_other_than_one_warns():
     with pytest.warns(UserWarning, match="TRAIN.VAL_BATCH_SIZE = 2 is not used"):
         load_config(MINIMAL, ["TRAIN.VAL_BATCH_SIZE=2"])
-
-
-@pytest.mark.parametrize("sets, cli, init, want", [
-    ([], None, None, None),
-    ([], "outputs/ckpts/last.pth", None, "outputs/ckpts/last.pth"),
-    (["TRAIN.RESUME_FROM_CHECKPOINT=true"], None, None, "auto"),
-    (["TRAIN.RESUME_FROM_CHECKPOINT=true", "TRAIN.CHECKPOINT_PATH=run/ckpts/best.pth"], None, None,
-     "run/ckpts/best.pth"),
-    (["TRAIN.RESUME_FROM_CHECKPOINT=true", "TRAIN.CHECKPOINT_PATH=run/ckpts/best.pth"], "auto", None, "auto"),
-    (["TRAIN.RESUME_FROM_CHECKPOINT=true"], None, "w.pth", None),
-    (["TRAIN.CHECKPOINT_PATH=run/ckpts/best.pth"], None, None, None),  # only RESUME_FROM_CHECKPOINT resumes
-])
-def test_resume_request_from_the_config_and_the_command_line(sets, cli, init, want):
-    cfg = load_config(MINIMAL, sets)
-    target, said = resume_request(cfg, cli, init)
-    assert target == want
-    if "TRAIN.RESUME_FROM_CHECKPOINT=true" in sets and cli is None:
-        assert said.startswith("[train] TRAIN.RESUME_FROM_CHECKPOINT")
-        assert ("--init-weights" in said) if init else ("outputs/ckpts" in said or "best.pth" in said)
-    else:
-        assert said is None
-
-
-def test_aliases_are_listed():
-    lines = describe_aliases()
-    assert "TRAIN.LR -> TRAIN.OPTIM.LR" in lines and "DATA.NUM_VOXEL_BINS -> DATA.K" in lines
-    assert len(lines) == len(ALIASES)
 
 
 def _set(raw: dict, dotted: str, value) -> None:
@@ -311,7 +283,5 @@ def _flat_keys(data: dict, prefix: str = "") -> set[str]:
     return keys
 
 
-def test_readme_lists_every_key_and_alias():
-    readme = (REPO / "README.md").read_text()
-    missing = [line for line in describe() + describe_aliases() if line not in readme]
-    assert not missing, missing
+def test_readme_points_to_the_reference():
+    assert "docs/config.md" in (REPO / "README.md").read_text()

@@ -6,7 +6,6 @@ from torch.utils.data import DataLoader
 from ds_deblur.data import ClipOptions, SampleKey, SpikeDeblurDataset, read_dat
 from ds_deblur.data.voxel import resample_window, voxelize_dat
 
-
 K = 4  # voxel bins; both test sets have 8 spike frames per exposure
 
 

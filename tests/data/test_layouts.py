@@ -93,7 +93,7 @@ def test_separate_spike_root_in_either_layout(tiny_root, gopro_copy, tmp_path, m
     layout = open_layout(gopro_copy, LayoutOptions(spike_root=str(elsewhere)))
     assert layout.release and layout.spike_root == elsewhere
     assert layout.frames_dir("val") == gopro_copy / FRAMES / "test"
-    stats = {"SPIKE_MEAN": 0.5, "SPIKE_STD": 2.0}
+    stats = {"NORM": {"MEAN": 0.5, "STD": 2.0}}
     train, val = build_datasets(make_cfg(gopro_copy, {"SPIKE_ROOT": str(elsewhere), **stats}))
     reference, _ = build_datasets(make_cfg(tiny_root, stats))
     assert torch.equal(train[3]["spike_vox"], reference[3]["spike_vox"]) and len(val) == 2
@@ -113,11 +113,11 @@ def test_folder_names_and_image_extensions_come_from_the_config(tiny_copy, make_
     for png in sorted(tiny_copy.glob("train/seq_000/*/*.png")):  # one sequence stored as BMP (lossless)
         Image.open(png).save(png.with_suffix(".bmp"))
         png.unlink()
-    data = {"SPIKE_DIR": "dat", "SPIKE_MEAN": 0.5, "SPIKE_STD": 2.0}
+    data = {"SPIKE_DIR": "dat", "NORM": {"MEAN": 0.5, "STD": 2.0}}
     with pytest.raises(DatasetError, match=r"no frames \(\.png\) in .*seq_000/blur"):
         build_datasets(make_cfg(tiny_copy, data))
     train, _ = build_datasets(make_cfg(tiny_copy, {**data, "IMAGE_EXTS": [".png", ".bmp"]}))
-    reference, _ = build_datasets(make_cfg(tiny_root, {"SPIKE_MEAN": 0.5, "SPIKE_STD": 2.0}))
+    reference, _ = build_datasets(make_cfg(tiny_root, {"NORM": {"MEAN": 0.5, "STD": 2.0}}))
     assert train.sequences[0].blur(0).name == "000000.bmp"
     for i in (0, 5):
         for name in ("blur", "sharp", "spike_vox"):

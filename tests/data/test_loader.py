@@ -21,7 +21,7 @@ def assert_same_batches(a, b):
 
 
 def test_builds_train_and_val_loaders(tiny_root, tiny, make_cfg):
-    train, val = build_dataloaders(make_cfg(tiny_root, {"SPIKE_MEAN": 0.2, "SPIKE_STD": 0.5}))
+    train, val = build_dataloaders(make_cfg(tiny_root, {"NORM": {"MEAN": 0.2, "STD": 0.5}}))
     batch = next(iter(train))
     assert batch["blur"].shape == (2, 3, 3, 16, 16) and batch["spike_vox"].shape == (2, 3, tiny.k, 16, 16)
     (first,) = [next(iter(val))]
@@ -30,7 +30,7 @@ def test_builds_train_and_val_loaders(tiny_root, tiny, make_cfg):
 
 
 def test_augmentation_does_not_depend_on_num_workers(tiny_root, make_cfg):
-    cfg = make_cfg(tiny_root, {"SPIKE_MEAN": 0.2, "SPIKE_STD": 0.5, "VFLIP": True},
+    cfg = make_cfg(tiny_root, {"NORM": {"MEAN": 0.2, "STD": 0.5}, "VFLIP": True},
                    DATALOADER={"PERSISTENT_WORKERS": False})
     serial = epoch_batches(build_dataloaders(cfg, num_workers=0)[0], epoch=1)
     parallel = epoch_batches(build_dataloaders(cfg, num_workers=2)[0], epoch=1)
@@ -38,7 +38,7 @@ def test_augmentation_does_not_depend_on_num_workers(tiny_root, make_cfg):
 
 
 def test_loader_resumes_mid_epoch_with_identical_batches(tiny_root, make_cfg):
-    cfg = make_cfg(tiny_root, {"SPIKE_MEAN": 0.2, "SPIKE_STD": 0.5})
+    cfg = make_cfg(tiny_root, {"NORM": {"MEAN": 0.2, "STD": 0.5}})
     reference = epoch_batches(build_dataloaders(cfg)[0], epoch=2)
     interrupted = build_dataloaders(cfg)[0]
     interrupted.set_epoch(2)
@@ -62,7 +62,7 @@ def test_loader_resumes_mid_epoch_with_identical_batches(tiny_root, make_cfg):
 
 @pytest.mark.parametrize("world", [1, 2, 3])
 def test_val_is_sharded_disjoint_and_complete(tiny_root, make_cfg, world):
-    cfg = make_cfg(tiny_root, {"SPIKE_MEAN": 0.2, "SPIKE_STD": 0.5, "CLIP_LEN": 4})
+    cfg = make_cfg(tiny_root, {"NORM": {"MEAN": 0.2, "STD": 0.5}, "CLIP_LEN": 4})
     seen, steps = [], set()
     for rank in range(world):
         val = build_dataloaders(cfg, rank=rank, world_size=world)[1]

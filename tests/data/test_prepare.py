@@ -5,8 +5,7 @@ import pytest
 import torch
 
 from ds_deblur.data import ClipOptions, SampleKey, SpikeDeblurDataset, VoxelStats
-from ds_deblur.data.prepare import main as prepare_main
-from ds_deblur.data.prepare import prepare
+from ds_deblur.data.prepare import main as prepare_main, prepare
 from ds_deblur.data.voxel import compute_stats, voxelize_dat
 
 

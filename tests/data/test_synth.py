@@ -6,9 +6,7 @@ from PIL import Image
 from ds_deblur.data import read_dat
 from ds_deblur.data.images import GREY
 from ds_deblur.data.spike_quality import main as spike_quality_main, measure
-from ds_deblur.data.synth import SynthConfig, generate
-from ds_deblur.data.synth import SpikeSensor, _natural_colour
-from ds_deblur.data.synth import main as synth_main
+from ds_deblur.data.synth import SpikeSensor, SynthConfig, _natural_colour, generate, main as synth_main
 
 SMALL = SynthConfig.first_generator(seed=1, train_seqs=1, val_seqs=1, frames=3, size=(24, 32), subframes=8,
                                      objects=(1, 2))
@@ -136,7 +134,7 @@ def test_natural_colour_keeps_grey_and_scales_colour():
 
 
 def test_default_spikes_see_sharper_than_the_blurry_frame(tmp_path):
-    # The defaults' promise (README, Data): the spikes around the exposure centre carry a sharper grey image than
+    # The defaults' promise (docs/data.md): the spikes around the exposure centre carry a sharper grey image than
     # the blurry frame, and a grey sensor sees most of what the blur destroyed.
     root = generate(tmp_path / "d", SynthConfig(train_seqs=0, val_seqs=1, frames=4))
     found = measure(root, "val", windows=(16, 32))

@@ -15,12 +15,12 @@ import pytest
 import torch
 from numpy.lib.stride_tricks import sliding_window_view
 from PIL import Image
-from support.train_utils import REPO, SYNTH, output_of, run_train
 
 from ds_deblur.data.synth import SynthConfig, generate
 from ds_deblur.errors import InferenceError
 from ds_deblur.inference.cli import Tiling, main, parse_tiling
 from ds_deblur.metrics import psnr, psnr_y, ssim_y
+from support.train_utils import REPO, SYNTH, output_of, run_train
 
 FOOTAGE = SynthConfig.first_generator(seed=9, train_seqs=1, val_seqs=2, frames=7, size=(72, 100), spike_size=(64, 64),
                                        subframes=8, objects=(1, 2))
@@ -32,7 +32,7 @@ def trained(tmp_path_factory) -> Path:
     dataset in the release layout with the config a unified dataset takes (DATA.VAL_SPLIT val reads 'test')."""
     root = tmp_path_factory.mktemp("infer")
     out = root / "run"
-    sets = ["TRAIN.TOTAL_STEPS=2", "LOG.SAVE_EVERY_STEPS=2", "TRAIN.VAL_EVERY_STEPS=2", "MODEL.IDENTITY_INIT=true",
+    sets = ["TRAIN.TOTAL_STEPS=2", "LOG.SAVE_EVERY_STEPS=2", "LOG.VAL_EVERY_STEPS=2", "MODEL.IDENTITY_INIT=true",
             "DATA.CLIP_LEN=3"]
     proc = run_train(generate(root / "data", SYNTH, layout="gopro"), out, sets=sets, ranks=0)
     assert proc.returncode == 0, output_of(proc)

@@ -5,17 +5,9 @@ import pytest
 import torch
 
 from ds_deblur.models import attention
-from ds_deblur.models.attention import (
-    TMSAG,
-    WindowAttention,
-    get_window_size,
-    relative_position_index,
-    shifted_window_masks,
-    sine_position_encoding,
-    window_partition,
-    window_reverse,
-    window_sdpa,
-)
+from ds_deblur.models.attention import (TMSAG, WindowAttention, get_window_size, relative_position_index,
+                                        shifted_window_masks, sine_position_encoding, window_partition, window_reverse,
+                                        window_sdpa)
 
 
 def _full_masks(size, ws, ss):

@@ -1,12 +1,11 @@
 import pytest
 import torch
 
-from ds_deblur.config import load_config
-from ds_deblur.models import build_model
+from ds_deblur.config import MODEL_PRESETS, load_config
+from ds_deblur.models import PRESETS, build_model
 
 TINY_WIDTHS = [16, 16, 16, 16]
 TINY_PARAMS = 1_863_827  # with K=32; SpyNet alone is 1,440,300
-
 
 
 def _cfg(*overrides: str, preset: str = "tiny", k: int = 4, clip_len: int = 3):
@@ -152,3 +151,8 @@ def test_spike_channels_default_to_the_preset_widths():
 
 def test_size_multiple_is_the_coarsest_window():
     assert build_model(_cfg()).size_multiple == 64  # window 8 at 1/8 scale
+
+
+def test_the_schema_offers_exactly_the_presets_the_models_have():
+    # MODEL.PRESET's limit is the only check of the name: build_model trusts a loaded config.
+    assert tuple(PRESETS) == MODEL_PRESETS

@@ -1,4 +1,4 @@
-"""The original S-VRT model's parameter names (issue 13): its checkpoints load strict, ours load into its model."""
+"""The original S-VRT model's parameter names: its checkpoints load strict, ours load into its model."""
 import json
 import warnings
 from pathlib import Path

@@ -18,7 +18,6 @@ TINY = dict(upscale=1, window_size=(2, 8, 8), depths=(4,) * 7 + (2, 2), indep_re
             embed_dims=(8,) * 7 + (12, 12), num_heads=(2,) * 9, mul_attn_ratio=0.5, deformable_groups=2)
 
 
-
 def tiny_vrt(seed: int = 0, **overrides) -> VRT:
     torch.manual_seed(seed)
     return VRT(**{**TINY, **overrides})

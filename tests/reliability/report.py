@@ -1,4 +1,4 @@
-"""Run the full reliability suite and print its table (the README's "Reliability" table comes from here).
+"""Run the full reliability suite and print its table (the tables in docs/reliability.md come from here).
 
     .venv/bin/python tests/reliability/report.py [--trials 25] [--load-steps 200] [--seed 2026] [--out FILE.json]
 

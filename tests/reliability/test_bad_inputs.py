@@ -2,7 +2,6 @@
 traceback, and nothing written over the existing checkpoints (one process; the batch case on 2 ranks)."""
 from __future__ import annotations
 
-import hashlib
 import json
 import pickle
 import shutil
@@ -11,9 +10,10 @@ from pathlib import Path
 import pytest
 import torch
 
+from support.files import digest
 from support.train_utils import REPO, output_of, run_train
 
-SETS = ["TRAIN.TOTAL_STEPS=2", "TRAIN.VAL_EVERY_STEPS=100", "LOG.SAVE_EVERY_STEPS=2"]
+SETS = ["TRAIN.TOTAL_STEPS=2", "LOG.VAL_EVERY_STEPS=100", "LOG.SAVE_EVERY_STEPS=2"]
 
 
 class Evil:
@@ -32,13 +32,6 @@ def run(data, tmp_path_factory) -> Path:
     proc = run_train(data, out, sets=SETS, ranks=0)
     assert proc.returncode == 0, output_of(proc)
     return out
-
-
-def digest(folder: Path) -> str:
-    sha = hashlib.sha256()
-    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
-        sha.update(str(path.relative_to(folder)).encode() + path.read_bytes())
-    return sha.hexdigest()
 
 
 def cases(run: Path, data: Path, tmp: Path) -> dict[str, tuple[dict, str]]:

@@ -15,7 +15,7 @@ from support.train_utils import ds_json, output_of, run_train
 
 FP16 = {"enabled": True, "loss_scale": 0, "initial_scale_power": 8, "hysteresis": 1, "min_loss_scale": 1,
         "loss_scale_window": 1000}
-PRECISIONS = ["fp32", "bf16"] + (["fp16"] if FULL else [])  # CI: fp16 overflow skipping is in tests/test_train.py
+PRECISIONS = ["fp32", "bf16"] + (["fp16"] if FULL else [])  # CI: fp16 overflow skipping is in tests/train/test_train.py
 INJECT = "batch:2,loss:3,grad:5"
 
 
@@ -31,7 +31,7 @@ def config(tmp_path, precision: str) -> tuple[str, dict]:
 def test_nan_and_inf_in_batch_loss_and_gradient_are_skipped_together(data, tmp_path, precision, record):
     out = tmp_path / "run"
     ds, env = config(tmp_path, precision)
-    proc = run_train(data, out, ds, sets=["TRAIN.TOTAL_STEPS=6", "TRAIN.VAL_EVERY_STEPS=100"],
+    proc = run_train(data, out, ds, sets=["TRAIN.TOTAL_STEPS=6", "LOG.VAL_EVERY_STEPS=100"],
                      env={**env, "DS_DEBLUR_INJECT_NONFINITE": INJECT})
     assert proc.returncode == 0, output_of(proc)
     log = read_train_log(out)

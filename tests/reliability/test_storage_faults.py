@@ -3,7 +3,6 @@
 disk during a save fails the run with a clear message. The last good checkpoint is never touched."""
 from __future__ import annotations
 
-import hashlib
 import json
 import shutil
 import subprocess
@@ -15,9 +14,10 @@ import torch
 from ds_deblur.ckpt.tags import read_latest, tag_problem
 from ds_deblur.run_log import read_train_log
 from reliability_settings import FULL
+from support.files import digest
 from support.train_utils import output_of, run_train
 
-SETS = ["TRAIN.TOTAL_STEPS=6", "TRAIN.VAL_EVERY_STEPS=100", "LOG.SAVE_EVERY_STEPS=2", "LOG.KEEP_LAST=5"]
+SETS = ["TRAIN.TOTAL_STEPS=6", "LOG.VAL_EVERY_STEPS=100", "LOG.SAVE_EVERY_STEPS=2", "LOG.KEEP_LAST=5"]
 
 
 @pytest.fixture(scope="module")
@@ -26,13 +26,6 @@ def saved(data, tmp_path_factory) -> Path:
     proc = run_train(data, out, sets=SETS, ranks=0, extra=["--stop-at-step", "4"])
     assert proc.returncode == 0, output_of(proc)
     return out
-
-
-def digest(tag_dir: Path) -> str:
-    sha = hashlib.sha256()
-    for path in sorted(p for p in tag_dir.rglob("*") if p.is_file()):
-        sha.update(path.name.encode() + path.read_bytes())
-    return sha.hexdigest()
 
 
 def truncate(tag: Path) -> str:

@@ -35,17 +35,32 @@ def loaded_with_warnings(source: Any, overrides: Iterable[str] = ()) -> tuple[Co
     return cfg, [str(w.message) for w in caught]
 
 
-def torch_schedule(lr: float, warmup: int, total: int, eta_min: float = 0.0) -> tuple[torch.optim.Optimizer,
-                                                                                      LRScheduler]:
-    """The original trainer's LR schedule written out with torch's own schedulers, on an optimizer of its own."""
-    opt = torch.optim.AdamW([torch.nn.Parameter(torch.zeros(1))], lr=lr)
-    if 0 < warmup < total:
-        sched = SequentialLR(opt, [LinearLR(opt, start_factor=1e-3, end_factor=1.0, total_iters=warmup),
-                                   CosineAnnealingLR(opt, T_max=total - warmup, eta_min=eta_min)],
-                             milestones=[warmup])
+def original_scheduler(optim: torch.optim.Optimizer, cfg: dict, total_steps: int) -> LRScheduler:
+    """The LR schedule exactly as the original trainer builds it (S-VRT @303619f, src/train.py lines 763-776),
+    from its raw config dict: written from that source, not from ours, so our schedule is checked against it.
+    Note what it has not: no eta_min (the cosine ends at 0) and no other schedule type."""
+    warmup = int(cfg["TRAIN"].get("SCHED", {}).get("WARMUP_STEPS", 0))
+    # Optional warmup: if warmup>0, use LinearLR -> CosineAnnealingLR, else only Cosine
+    if warmup > 0 and warmup < total_steps:
+        scheduler = SequentialLR(
+            optim,
+            schedulers=[
+                LinearLR(optim, start_factor=1e-3, end_factor=1.0, total_iters=warmup),
+                CosineAnnealingLR(optim, T_max=total_steps - warmup),
+            ],
+            milestones=[warmup],
+        )
     else:
-        sched = CosineAnnealingLR(opt, T_max=total, eta_min=eta_min)
-    return opt, sched
+        scheduler = CosineAnnealingLR(optim, T_max=total_steps)
+    return scheduler
+
+
+def original_lrs(lr: float, warmup: int, total_steps: int) -> list[float]:
+    """The LR of each optimizer step of a ``total_steps`` run under the original's schedule (``original_scheduler``
+    on an AdamW of its own, as the original trainer makes it)."""
+    optim = torch.optim.AdamW([torch.nn.Parameter(torch.zeros(1))], lr=lr)
+    scheduler = original_scheduler(optim, {"TRAIN": {"SCHED": {"WARMUP_STEPS": warmup}}}, total_steps)
+    return lrs_of(optim, scheduler, total_steps)
 
 
 def lrs_of(opt: torch.optim.Optimizer, sched: LRScheduler, steps: int) -> list[float]:

@@ -1,6 +1,6 @@
 """VRT's training recipe (EMA, FIX_ITER/FIX_KEYS/FIX_LR_MUL, FREEZE) on the toy model of tests/support/tag_factory.py, run by
 spawned gloo ranks through the trainer's own pieces: CheckpointManager (prepare, restore, save), ShardedEMA,
-FixedPhase, staged.freeze and engine.initialize. Shared by tests/test_recipe.py.
+FixedPhase, staged.freeze and engine.initialize. Shared by tests/zero/test_recipe.py.
 
 Per run name (world size, ZeRO stage, precision) the ranks write under ROOT:
 - NAME.straight.pt (rank 0): per step the whole fp32 weights (``safe_get_full_fp32_param``; frozen parameters as
@@ -24,7 +24,6 @@ from typing import Any, Optional
 import deepspeed
 import torch
 from deepspeed.utils import safe_get_full_fp32_param
-from support.tag_factory import OVERRIDES, TOTAL_STEPS, Toy, batch, make_config, train_step
 
 from ds_deblur import distributed
 from ds_deblur.ckpt import CheckpointManager, CheckpointOptions, TrainState
@@ -35,6 +34,7 @@ from ds_deblur.zero import partitions
 from ds_deblur.zero.ema import ShardedEMA
 from ds_deblur.zero.setup import initialize
 from ds_deblur.zero.staged import FixedPhase, freeze
+from support.tag_factory import OVERRIDES, TOTAL_STEPS, Toy, batch, make_config, train_step
 
 DECAY, FIX_ITER, STEPS, SAVED = 0.8, 2, 5, (1, 3)
 FIXED, FROZEN = "conv1.bias", "gain"

@@ -1,6 +1,6 @@
 """Real DeepSpeed tags written on CPU by gloo ranks (a toy model), shared by the convert and inspect tests.
 
-References are recorded by the training ranks right before ``save_checkpoint`` (see tests/test_convert.py)."""
+References are recorded by the training ranks right before ``save_checkpoint`` (see tests/ckpt/test_convert.py)."""
 from __future__ import annotations
 
 import json
@@ -10,9 +10,9 @@ from pathlib import Path
 import torch
 import torch.multiprocessing as mp
 from torch import nn
-from support.train_utils import free_port
 
 from ds_deblur import distributed
+from support.train_utils import free_port
 
 REPO = Path(__file__).resolve().parents[2]
 DS_JSON = {"fp32": REPO / "ds_configs" / "cpu_fp32.json", "fp16": REPO / "ds_configs" / "zero2_fp16.json",
@@ -29,7 +29,8 @@ TAGS = {
 }
 # ZeRO 3 cuts its flat partitions into sub-groups of at most sub_group_size values, each with its own Adam state.
 ZERO_EXTRA = {"z3_w2_subgroups": {"sub_group_size": 50}}
-OVERRIDES = ["TRAIN.WARMUP_STEPS=2", f"TRAIN.TOTAL_STEPS={TOTAL_STEPS}", "TRAIN.LR=0.01", "TRAIN.WEIGHT_DECAY=0.1"]
+OVERRIDES = ["TRAIN.SCHED.WARMUP_STEPS=2", f"TRAIN.TOTAL_STEPS={TOTAL_STEPS}", "TRAIN.OPTIM.LR=0.01",
+             "TRAIN.OPTIM.WEIGHT_DECAY=0.1"]
 
 
 class Toy(nn.Module):
@@ -80,6 +81,11 @@ def train_and_save(rank: int, world: int, port: int, root: str, names: list[str]
     distributed.end_rank()
 
 
+def tag_step(name: str) -> int:
+    """The optimizer step at which tag ``name`` of TAGS is saved."""
+    return FP16_TRAIN_STEPS if TAGS[name][2] == "fp16" else TRAIN_STEPS
+
+
 def train_step(engine, step: int, rank: int, dtype: torch.dtype) -> None:
     x = batch(step, rank)
     engine.backward(loss_fn(engine(x.to(dtype)), x))
@@ -95,7 +101,7 @@ def save_tag(rank: int, root: Path, name: str) -> None:
     torch.manual_seed(0)
     engine = initialize(Toy(), cfg, ds, TOTAL_STEPS)
     dtype = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[precision]
-    steps = FP16_TRAIN_STEPS if precision == "fp16" else TRAIN_STEPS
+    steps = tag_step(name)
     for step in range(steps):
         train_step(engine, step, rank, dtype)
     at_save = _reference(engine)

@@ -10,20 +10,15 @@ import sys
 import pytest
 import torch
 import yaml
-from support.original_trainer import lrs_of, torch_schedule, write_reference_copy
-from support.train_utils import REPO, make_dataset, output_of
 
 from ds_deblur.distributed import free_port
 from ds_deblur.losses import VGG16_LAYERS, _vgg16_features
 from ds_deblur.run_log import read_train_log
+from support.original_trainer import original_lrs, write_reference_copy
+from support.train_utils import REPO, output_of
 
 SCRIPT = str(REPO / "ds_deblur/train.py")
 WARMUP, STEPS = 3, 8
-
-
-@pytest.fixture(scope="module")
-def data(tmp_path_factory):
-    return make_dataset(tmp_path_factory.mktemp("guide_data") / "synth")
 
 
 @pytest.fixture(scope="module")
@@ -60,7 +55,7 @@ def test_reference_config_trains_through_the_guide_command_line(data, vgg_file, 
     assert "MODEL.VRT_CFG third_party/VRT/options/deblur/vrt_base.yaml not found" in proc.stderr
     log = read_train_log(out)
     assert [r["step"] for r in log] == list(range(1, STEPS + 1)) and all(r["skipped"] == 0 for r in log)
-    want = lrs_of(*torch_schedule(1e-4, WARMUP, STEPS), STEPS)
+    want = original_lrs(1e-4, WARMUP, STEPS)
     assert max(abs(r["lr"] - w) / w for r, w in zip(log, want)) < 1e-9  # the original's schedule, step by step
     ckpts = out / "ckpts"
     # A save at each validation (LOG.SAVE_EVERY_STEPS unset), as the original saved at VAL_EVERY_STEPS.

@@ -13,10 +13,10 @@ import shutil
 from pathlib import Path
 
 import pytest
-from support.train_utils import output_of, run_train
 
 from ds_deblur.data.synth import SynthConfig, generate
 from ds_deblur.inference.cli import main as infer_main
+from support.train_utils import output_of, run_train
 
 pytestmark = [pytest.mark.slow, pytest.mark.dist]
 

@@ -7,18 +7,13 @@ import sys
 
 import pytest
 import torch
-from support.train_utils import REPO, config_for, ds_json, fixed_batch_loss, make_dataset, output_of, run_train, shm_buffers
 
 from ds_deblur.run_log import read_train_log
+from support.train_utils import REPO, config_for, ds_json, fixed_batch_loss, output_of, run_train, shm_buffers
 
 TB_TAGS = {"train/loss", "train/loss_charbonnier", "train/lr", "train/grad_norm", "train/loss_scale",
            "train/skipped_steps", "perf/samples_per_sec", "perf/step_time_ms", "perf/data_time_ms",
            "perf/memory_mb", "val/psnr_rgb", "val/psnr_y", "val/ssim_y", "val/best_psnr"}
-
-
-@pytest.fixture(scope="module")
-def data(tmp_path_factory):
-    return make_dataset(tmp_path_factory.mktemp("train_data") / "synth")
 
 
 def dynamic_fp16(initial_scale_power: int) -> dict:
@@ -58,7 +53,7 @@ def test_fp32_zero_stages_train_validate_and_log(data, tmp_path, stage):
     out = tmp_path / "run"
     shm_before = shm_buffers()
     proc = run_train(data, out, ds_json(tmp_path, "ds_configs/cpu_fp32.json", stage),
-                     sets=["TRAIN.TOTAL_STEPS=6", "TRAIN.VAL_EVERY_STEPS=3", "LOG.SAVE_EVERY_STEPS=3"])
+                     sets=["TRAIN.TOTAL_STEPS=6", "LOG.VAL_EVERY_STEPS=3", "LOG.SAVE_EVERY_STEPS=3"])
     assert proc.returncode == 0, output_of(proc)
     assert shm_buffers() <= shm_before  # no RAM left behind in /dev/shm
     check_run(out, 6, [3, 6])
@@ -83,13 +78,13 @@ def check_plain_torch_resume(cfg, path) -> None:
     ckpt = torch.load(path, map_location="cpu", weights_only=True)
     model = build_model(cfg)
     model.load_state_dict(ckpt["state_dict"])
-    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.TRAIN.LR)
-    scheduler = build_scheduler(optimizer, cfg, cfg.TRAIN.TOTAL_STEPS)  # before the loads, as the README says
+    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.TRAIN.OPTIM.LR)
+    scheduler = build_scheduler(optimizer, cfg, cfg.TRAIN.TOTAL_STEPS)  # before the loads, as docs/checkpoints.md says
     optimizer.load_state_dict(ckpt["optimizer"])
     scheduler.load_state_dict(ckpt["scheduler"])
     state = optimizer.state[next(model.parameters())]
     assert float(state["step"]) == ckpt["step"] and state["exp_avg"].abs().sum() > 0
-    assert optimizer.param_groups[0]["lr"] == scheduler.get_last_lr()[0] < cfg.TRAIN.LR  # mid-schedule
+    assert optimizer.param_groups[0]["lr"] == scheduler.get_last_lr()[0] < cfg.TRAIN.OPTIM.LR  # mid-schedule
     before = {k: v.clone() for k, v in model.state_dict().items()}
     blur, spike = torch.rand(1, 2, 3, 64, 64), torch.rand(1, 2, cfg.DATA.K, 64, 64)
     model(blur, spike).mean().backward()
@@ -148,8 +143,9 @@ def run_script(*args: str) -> subprocess.CompletedProcess:
                           timeout=300)
 
 
-def test_script_help_runs_with_the_stdlib_unshadowed():
-    # ds_deblur/inspect.py must not shadow the standard library's inspect when run as a script.
+def test_script_help_runs_from_the_package_folder():
+    # As a script, Python puts ds_deblur/ first on sys.path: nothing there may hide a module torch or DeepSpeed
+    # imports (tests/test_cli.py checks the names against the standard library's).
     proc = run_script("--help")
     assert proc.returncode == 0, proc.stderr
     assert "--deepspeed_config" in proc.stdout and "--resume" in proc.stdout and "--stop-at-step" in proc.stdout
@@ -158,7 +154,7 @@ def test_script_help_runs_with_the_stdlib_unshadowed():
 @pytest.mark.parametrize("args, message", [
     (["--config", "missing.yaml", "--deepspeed_config", "ds_configs/cpu_fp32.json"], "Config file not found"),
     (["--config", "ds_configs/tiny_synth.yaml", "--deepspeed_config", "ds_configs/cpu_fp32.json",
-      "--set", "TRAIN.LRR=1"], "did you mean TRAIN.LR"),
+      "--set", "TRAIN.LRR=1"], "did you mean TRAIN.OPTIM.LR?"),
     (["--config", "ds_configs/tiny_synth.yaml", "--deepspeed_config", "nope.json"], "DeepSpeed config not found"),
 ])
 def test_bad_command_lines_exit_nonzero_with_a_message(args, message):
@@ -167,8 +163,8 @@ def test_bad_command_lines_exit_nonzero_with_a_message(args, message):
 
 
 def test_without_deepspeed_config_the_builtin_engine_config_is_used(tmp_path):
-    # The original trainer's command lines have no --deepspeed_config (issue 13): no longer an error. The run says
-    # which engine config it chose, then (here) stops at the missing data.
+    # The original trainer's command lines have no --deepspeed_config, and they run. The run says which engine
+    # config it chose, then (here) stops at the missing data.
     proc = run_script("--config", "ds_configs/tiny_synth.yaml", "--set", f"DATA.ROOT={tmp_path / 'no_data'}")
     assert "[train] No --deepspeed_config: using the built-in engine config: ZeRO 2" in proc.stdout, proc.stdout
     assert proc.returncode == 2 and "no_data" in proc.stderr and "--deepspeed_config" not in proc.stderr

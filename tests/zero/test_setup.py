@@ -2,17 +2,18 @@ from pathlib import Path
 
 import pytest
 import torch
-from support.original_trainer import lrs_of, torch_schedule
 
 from ds_deblur.config import ConfigError, load_config
 from ds_deblur.zero.setup import (CPU_FP16_OPT_IN, EngineConfigError, build_optimizer, build_scheduler,
                                   builtin_ds_config, engine_config, lr_factor, precision_of, read_ds_json,
                                   resolve_ds_config, total_steps, zero_stage_of)
+from support.original_trainer import lrs_of, original_lrs
 
 REPO = Path(__file__).resolve().parents[2]
 CFG = load_config({"DATA": {"ROOT": "/d"}, "TRAIN": {"BATCH_SIZE": 2, "GRADIENT_ACCUMULATION_STEPS": 3,
-                                                     "CLIP_GRAD_NORM": 0.5, "LR": 1e-3, "MIN_LR": 1e-5,
-                                                     "WARMUP_STEPS": 4, "TOTAL_STEPS": 20}})
+                                                     "MAX_GRAD_NORM": 0.5, "OPTIM": {"LR": 1e-3},
+                                                     "SCHED": {"MIN_LR": 1e-5, "WARMUP_STEPS": 4},
+                                                     "TOTAL_STEPS": 20}})
 
 
 @pytest.mark.parametrize("name", ["zero1_fp16", "zero2_fp16", "zero3_fp16", "zero2_bf16", "zero2_offload_fp16",
@@ -55,15 +56,21 @@ def test_bad_json_files(tmp_path):
 
 @pytest.mark.parametrize("warmup, total", [(4, 20), (0, 20), (20, 20), (30, 20), (1, 4)])
 def test_schedule_is_the_originals_torch_schedulers(warmup, total):
+    """With TRAIN.SCHED.MIN_LR unset (0, the original has no eta_min) our schedule gives exactly the LRs of the
+    original's own construction (tests/support/original_trainer.py, written from its src/train.py); with a MIN_LR
+    it is the closed form below, floored there."""
+    unset = load_config(CFG, [f"TRAIN.SCHED.WARMUP_STEPS={warmup}", f"TRAIN.TOTAL_STEPS={total}",
+                              "TRAIN.SCHED.MIN_LR=0"])
+    opt = torch.optim.AdamW([torch.nn.Parameter(torch.zeros(1))], lr=unset.TRAIN.OPTIM.LR)
+    assert lrs_of(opt, build_scheduler(opt, unset, total), total) == original_lrs(1e-3, warmup, total)
     cfg = load_config(CFG, [f"TRAIN.SCHED.WARMUP_STEPS={warmup}", f"TRAIN.TOTAL_STEPS={total}"])
     opt = torch.optim.AdamW([torch.nn.Parameter(torch.zeros(1))], lr=cfg.TRAIN.OPTIM.LR)
     ours = lrs_of(opt, build_scheduler(opt, cfg, total), total)
-    theirs = lrs_of(*torch_schedule(1e-3, warmup, total, 1e-5), total)
-    assert ours == theirs  # the same torch classes, the same arithmetic
     closed = [1e-3 * lr_factor(s, cfg, total) for s in range(total)]
     assert max(abs(a - b) / b for a, b in zip(ours, closed)) < 1e-12
     peak = warmup if 0 < warmup < total else 0  # without a warm-up (or one as long as the run): cosine only
     assert ours[peak] == 1e-3 and all(a >= b for a, b in zip(ours[peak:], ours[peak + 1:]))
+    assert cfg.TRAIN.SCHED.MIN_LR == 1e-5 and min(ours[peak:]) >= 1e-5 * (1 - 1e-12)  # the floor
     if peak:
         assert ours[0] == pytest.approx(1e-6) and all(a < b for a, b in zip(ours[:peak], ours[1:peak + 1]))
 

@@ -1,6 +1,6 @@
 """The recipe's keys (TRAIN.EMA_DECAY, FIX_ITER, FIX_KEYS, FIX_LR_MUL, FREEZE, LOG.VAL_USE_EMA) and how FREEZE and
-FIX_KEYS shape the optimizer (ds_deblur.zero.staged), on the tiny model. The runs under ZeRO are tests/test_recipe.py and
-tests/test_finetune.py."""
+FIX_KEYS shape the optimizer (ds_deblur.zero.staged), on the tiny model. The runs under ZeRO are tests/zero/test_recipe.py and
+tests/train/test_finetune.py."""
 from __future__ import annotations
 
 import pytest
@@ -52,7 +52,7 @@ def test_without_fix_keys_one_group_of_every_trained_parameter():
 
 def test_fix_keys_make_a_second_group_at_the_multiplied_lr_without_decay_while_fixed():
     cfg, model = tiny("TRAIN.FIX_KEYS=[spynet, deform]", "TRAIN.FIX_ITER=10", "TRAIN.FIX_LR_MUL=0.125",
-                      "TRAIN.LR=4e-4")
+                      "TRAIN.OPTIM.LR=4e-4")
     names = {id(p): n for n, p in model.named_parameters()}
     others, fixed = param_groups(model, cfg)
     assert all("spynet" in names[id(p)] or "deform" in names[id(p)] for p in fixed["params"])
