@@ -84,6 +84,12 @@ def check_rules(cfg: Config) -> None:
                                                          f"DATA.VOXEL_CACHE_DIRNAME, got {data.SPIKE_DIR!r}")
     _require(bool(data.IMAGE_EXTS) and all(e.startswith(".") for e in data.IMAGE_EXTS),
              f"DATA.IMAGE_EXTS must list extensions with their dot, e.g. ['.png'], got {data.IMAGE_EXTS}")
+    crop = [data.CROP_SIZE] if isinstance(data.CROP_SIZE, int) else data.CROP_SIZE
+    _require(len(crop) in (1, 2) and all(c > 0 and c % 8 == 0 for c in crop),
+             f"DATA.CROP_SIZE must be a positive multiple of 8 or [H, W] of them, got {data.CROP_SIZE} (the model's "
+             f"window)")
+    _require(data.RAW_WINDOW_LENGTH % 2 == 1, f"DATA.RAW_WINDOW_LENGTH must be odd (a window centred in the exposure),"
+                                              f" got {data.RAW_WINDOW_LENGTH}")
     _require(bool(cfg.LOSS.VGG_PERCEPTUAL.LAYERS), "LOSS.VGG_PERCEPTUAL.LAYERS must list at least one VGG16 layer, "
                                                    "e.g. [relu3_3]")
     _require(loader.NUM_WORKERS is None or loader.TOTAL_WORKERS is None,

@@ -21,6 +21,9 @@ from typing import Any, Iterator, Optional, Union, get_args, get_origin, get_typ
 MODEL_PRESETS = ("tiny", "base", "vrt_gopro")
 VGG_LAYERS = ("relu1_2", "relu2_2", "relu3_3", "relu4_3", "relu5_3")
 OPTIMIZERS = ("adamw", "adamw8bit")
+SPIKE_REPRS = ("voxel", "tfp", "raw_window")
+FLOW_SPIKES = ("encoding25",)
+IO_BACKENDS = ("disk", "lmdb")
 SCHEDULES = ("cosine",)
 FUSE_TYPES = ("TemporalCrossAttn",)
 FUSED_SCALES = 4  # the model fuses spike features after VRT encoder stages 1-4
@@ -63,16 +66,33 @@ class DataConfig:
     VAL_SPLIT: str = key("val", "sub-folder of ROOT with the validation sequences")
     CLIP_LEN: int = key(5, "consecutive frames per training clip (T)", fixed_on_resume=True, ge=2,
                         why="temporal attention needs two frames")
-    CROP_SIZE: int = key(256, "square training crop in RGB pixels; a multiple of 8", multiple_of=8,
-                         why="the model's window")
-    K: int = key(32, "spike voxel bins per exposure (channels of spike_vox); also read as DATA.NUM_VOXEL_BINS",
-                 fixed_on_resume=True, ge=1)
+    CROP_SIZE: Union[int, list[int]] = key(256, "training crop in RGB pixels: a square size, or [H, W] (S-VRT's "
+                                                "gt_size); multiples of 8 (the model's window)")
+    K: int = key(32, "spike bins per exposure: voxel bins (channels of spike_vox), or TFP images with SPIKE_REPR "
+                     "tfp; also read as DATA.NUM_VOXEL_BINS", fixed_on_resume=True, ge=1)
+    SPIKE_REPR: str = key("voxel", f"spike input per frame: {', '.join(SPIKE_REPRS)} (docs/data.md#spike-"
+                                   f"representations)", fixed_on_resume=True, choices=SPIKE_REPRS)
+    TFP_HALF_WIN_LENGTH: int = key(20, "SPIKE_REPR tfp: spike frames each side of a TFP image's centre (S-VRT's "
+                                       "tfp_half_win_length)", fixed_on_resume=True, ge=0)
+    RAW_WINDOW_LENGTH: Optional[int] = key(None, "SPIKE_REPR raw_window: raw 0/1 spike frames centred in the "
+                                                 "exposure, odd; null = 2 x TFP_HALF_WIN_LENGTH + 1 (S-VRT's)",
+                                           fixed_on_resume=True, ge=1)
+    FLOW_SPIKE: Optional[str] = key(None, "extra spike input of the flow network: encoding25 (SCFlow's: "
+                                          "FLOW_SPIKE_SUBFRAMES windows of 25 raw frames per exposure); null = none",
+                                    fixed_on_resume=True, choices=FLOW_SPIKES)
+    FLOW_SPIKE_DT: int = key(10, "FLOW_SPIKE encoding25: S-VRT's dt (names its encoding25_dt{dt} artifact folder)",
+                             fixed_on_resume=True, ge=1)
+    FLOW_SPIKE_SUBFRAMES: int = key(1, "FLOW_SPIKE encoding25: windows per exposure (S-VRT's subframes)",
+                                    fixed_on_resume=True, ge=1)
     SPIKE_SIZE: Optional[list[int]] = key(None, "spike sensor [H, W]; null = ROOT/meta.yaml or the release's "
                                                 "config.yaml", fixed_on_resume=True, length=2, gt=0, why="[H, W]")
     USE_PRECOMPUTED_VOXELS: bool = key(False, "read SEQ/spike_vox/*.npy (ds_deblur.data.prepare) instead of .dat")
     NORM: NormConfig = section(NormConfig, "voxel normalisation")
-    HFLIP: bool = key(True, "random horizontal flip of training clips")
+    HFLIP: bool = key(True, "random horizontal flip of training clips (S-VRT's use_hflip)")
     VFLIP: bool = key(False, "random vertical flip of training clips")
+    ROTATE: bool = key(False, "S-VRT's use_rot: a random vertical flip and a random transpose (90-degree rotation) "
+                              "of training clips, frames and spikes alike")
+    RANDOM_REVERSE: bool = key(False, "S-VRT's random_reverse: half the training clips in reverse frame order")
     VAL_MAX_FRAMES: Optional[int] = key(None, "validate at most this many frames per sequence; null = all", ge=1)
     SPIKE_ROOT: Optional[str] = key(None, "separate spike tree SPLIT/SEQ/spike (+ config.yaml); null = the one in "
                                           "ROOT")
@@ -80,6 +100,24 @@ class DataConfig:
     VOXEL_CACHE_DIRNAME: str = key("spike_vox", "a sequence's voxel cache folder (ds-deblur prepare)")
     IMAGE_EXTS: list[str] = key([".png"], "extensions of the frame files in blur/ and sharp/ that count, with "
                                           "their dot; at least one")
+    GT_ROOT: Optional[str] = key(None, "S-VRT's dataroot_gt: sharp frames as SEQ/NNNNNN.png (or an LMDB with "
+                                       "IO_BACKEND lmdb); with LQ_ROOT and SPIKE_ROOT instead of ROOT's layout")
+    LQ_ROOT: Optional[str] = key(None, "S-VRT's dataroot_lq: blurry frames as SEQ/NNNNNN.png (or an LMDB)")
+    META_INFO_FILE: Optional[str] = key(None, "KAIR meta_info file: one 'SEQ FRAMES (H,W,C) [START]' line per "
+                                              "training sequence; only those sequences and frames are read")
+    IO_BACKEND: str = key("disk", "where frames are read: disk (image files) or lmdb (KAIR's LMDB: ROOT's frame "
+                                  "folders, GT_ROOT and LQ_ROOT with .lmdb after them)", choices=IO_BACKENDS)
+
+    @property
+    def crop_hw(self) -> tuple[int, int]:
+        """CROP_SIZE as (height, width)."""
+        size = self.CROP_SIZE
+        return (size, size) if isinstance(size, int) else (size[0], size[1])
+
+    @property
+    def spike_channels(self) -> int:
+        """Channels of one frame's spike input: the model's spike input width."""
+        return self.RAW_WINDOW_LENGTH if self.SPIKE_REPR == "raw_window" else self.K
 
 
 @dataclass
@@ -311,6 +349,8 @@ def fixed_on_resume() -> tuple[str, ...]:
 
 def follow_defaults(cfg: Config) -> None:
     """Fill the keys whose null default follows another key, and warn about values that have no effect."""
+    if cfg.DATA.RAW_WINDOW_LENGTH is None:
+        cfg.DATA.RAW_WINDOW_LENGTH = 2 * cfg.DATA.TFP_HALF_WIN_LENGTH + 1
     if cfg.LOG.SAVE_EVERY_STEPS is None:
         cfg.LOG.SAVE_EVERY_STEPS = cfg.LOG.VAL_EVERY_STEPS
     if cfg.LOG.VAL_USE_EMA is None:
