@@ -19,7 +19,8 @@ TOOLS = {
     "convert": ("ds_deblur.ckpt.cli", "convert_main", "a DeepSpeed tag -> last.pth/best.pth or fp32 weights"),
     "inspect": ("ds_deblur.ckpt.cli", "inspect_main", "what a checkpoint directory, tag or single file holds"),
     "synth": ("ds_deblur.data.synth", "main", "generate synthetic spike-camera deblurring data"),
-    "prepare": ("ds_deblur.data.prepare", "main", "precompute a dataset's voxel cache and voxel statistics"),
+    "prepare": ("ds_deblur.data.prepare", "main", "precompute spike artifacts: the voxel cache and statistics, or "
+                                                "S-VRT's tfp / raw_window / encoding25 files"),
     "check": ("ds_deblur.data.check", "main", "check a whole dataset and print a summary"),
     "spike-quality": ("ds_deblur.data.spike_quality", "main", "what a dataset's spike streams tell on their own"),
     "bench": ("ds_deblur.bench.__main__", "main", "benchmarks: engine, memory, checkpoint, data, model, infer, "

@@ -308,9 +308,11 @@ class Trainer:
 
 
 def _hparams(cfg: Config, precision: str, ds: dict, world: int) -> dict:
+    height, width = cfg.DATA.crop_hw
     return {"preset": cfg.MODEL.PRESET, "use_spike": cfg.MODEL.USE_SPIKE, "lr": cfg.TRAIN.OPTIM.LR,
             "batch": cfg.TRAIN.BATCH_SIZE * cfg.TRAIN.GRADIENT_ACCUMULATION_STEPS * world,
-            "clip_len": cfg.DATA.CLIP_LEN, "crop": cfg.DATA.CROP_SIZE, "precision": precision,
+            "clip_len": cfg.DATA.CLIP_LEN, "crop": height if height == width else f"{height}x{width}",
+            "spike_repr": cfg.DATA.SPIKE_REPR, "precision": precision,
             "zero_stage": int(ds.get("zero_optimization", {}).get("stage", 0))}
 
 

@@ -100,10 +100,10 @@ def measure_stage(cfg: Any, stage: int, device: torch.device) -> dict:
     engine = eng.initialize(build_model(cfg), cfg, ds, total_steps=10)
     ema = ShardedEMA(engine, EMA_DECAY) if stage > 0 else None  # ZeRO 0 has no fp32 partitions to follow
     loss_fn = DeblurLoss.from_config(cfg).to(device)
-    b, t, crop, k = cfg.TRAIN.BATCH_SIZE, cfg.DATA.CLIP_LEN, cfg.DATA.CROP_SIZE, cfg.DATA.K
+    b, t, (h, w), k = cfg.TRAIN.BATCH_SIZE, cfg.DATA.CLIP_LEN, cfg.DATA.crop_hw, cfg.DATA.spike_channels
     dtype = next(engine.module.parameters()).dtype
-    blur, spike = torch.rand(b, t, 3, crop, crop, device=device), torch.randn(b, t, k, crop, crop, device=device)
-    sharp = torch.rand(b, t, 3, crop, crop, device=device)
+    blur, spike = torch.rand(b, t, 3, h, w, device=device), torch.randn(b, t, k, h, w, device=device)
+    sharp = torch.rand(b, t, 3, h, w, device=device)
     micro = engine.gradient_accumulation_steps()
     for i in range(2 * micro):  # two optimizer steps
         loss, _ = loss_fn(engine(blur.to(dtype), spike.to(dtype)).float(), sharp)

@@ -43,9 +43,8 @@ def run(args: argparse.Namespace, work: Path) -> dict:
             "DATA.USE_PRECOMPUTED_VOXELS=false"]
     cfg = load_config(args.config, sets)
     data = work / "data"
-    crop = cfg.DATA.CROP_SIZE
     generate(data, SynthConfig(seed=0, train_seqs=2, val_seqs=1, frames=max(8, cfg.DATA.CLIP_LEN + 2),
-                               size=(crop, crop), subframes=max(cfg.DATA.K, 8)))
+                               size=cfg.DATA.crop_hw, subframes=max(cfg.DATA.K, 8)))
     sets.append(f"DATA.ROOT={data}")
     variants = [DDP] + [f"zero{s}" for s in args.stages]
     runs = []

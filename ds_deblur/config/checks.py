@@ -80,6 +80,7 @@ def _require(ok: bool, message: str) -> None:
 def check_rules(cfg: Config) -> None:
     """The rules that involve more than one key, or a format the limits cannot say."""
     data, loader, train, log = cfg.DATA, cfg.DATALOADER, cfg.TRAIN, cfg.LOG
+    _check_data_roots(data)
     _require(data.SPIKE_DIR != data.VOXEL_CACHE_DIRNAME, f"DATA.SPIKE_DIR must be a folder name other than "
                                                          f"DATA.VOXEL_CACHE_DIRNAME, got {data.SPIKE_DIR!r}")
     _require(bool(data.IMAGE_EXTS) and all(e.startswith(".") for e in data.IMAGE_EXTS),
@@ -108,6 +109,22 @@ def check_rules(cfg: Config) -> None:
              f"the parameters to fix, e.g. [spynet, deform])")
     _require(not log.VAL_USE_EMA or train.EMA_DECAY > 0, "LOG.VAL_USE_EMA is true but TRAIN.EMA_DECAY is 0: there "
                                                          "are no EMA weights (set TRAIN.EMA_DECAY, e.g. 0.999)")
+
+
+def _check_data_roots(data: Any) -> None:
+    """DATA.ROOT, or S-VRT's separate roots: GT_ROOT and LQ_ROOT together, with SPIKE_ROOT when ROOT is empty; one
+    folder each cannot serve two splits (validation would read the training frames) unless {split} names them."""
+    _require(bool(data.ROOT) or bool(data.GT_ROOT and data.LQ_ROOT and data.SPIKE_ROOT),
+             "DATA.ROOT is missing: set it in the YAML or with --set DATA.ROOT=VALUE (or give DATA.GT_ROOT, "
+             "DATA.LQ_ROOT and DATA.SPIKE_ROOT instead)")
+    _require(bool(data.GT_ROOT) == bool(data.LQ_ROOT), f"DATA.GT_ROOT and DATA.LQ_ROOT name the sharp and the blurry "
+                                                       f"frames together: give both or neither, got GT_ROOT = "
+                                                       f"{data.GT_ROOT!r}, LQ_ROOT = {data.LQ_ROOT!r}")
+    if data.GT_ROOT and data.TRAIN_SPLIT != data.VAL_SPLIT:
+        for name in ("GT_ROOT", "LQ_ROOT"):
+            _require("{split}" in getattr(data, name),
+                     f"DATA.{name} = {getattr(data, name)!r} names one folder for DATA.TRAIN_SPLIT and DATA.VAL_SPLIT: "
+                     f"write {{split}} where the split's name goes, e.g. /data/GOPRO_Large/{{split}}_GT")
 
 
 def _check_total_workers(value: Any) -> None:

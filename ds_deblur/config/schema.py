@@ -60,14 +60,15 @@ class NormConfig:
 
 @dataclass
 class DataConfig:
-    ROOT: str = key("", "dataset root: {train,val}/SEQ/{blur,sharp,spike}, or the GoPro spike release (GOPRO_Large + "
-                        "GOPRO_Large_spike_seq); required", required=True)
+    ROOT: str = key("", "dataset root: {train,val}/SEQ/{blur,sharp,spike}, or GoPro's GOPRO_Large + "
+                        "GOPRO_Large_spike_seq (the release's, or S-VRT's {split}_GT[_blurred]); required unless "
+                        "GT_ROOT, LQ_ROOT and SPIKE_ROOT are given")
     TRAIN_SPLIT: str = key("train", "sub-folder of ROOT with the training sequences")
     VAL_SPLIT: str = key("val", "sub-folder of ROOT with the validation sequences")
     CLIP_LEN: int = key(5, "consecutive frames per training clip (T)", fixed_on_resume=True, ge=2,
                         why="temporal attention needs two frames")
-    CROP_SIZE: Union[int, list[int]] = key(256, "training crop in RGB pixels: a square size, or [H, W] (S-VRT's "
-                                                "gt_size); multiples of 8 (the model's window)")
+    CROP_SIZE: Union[int, list[int]] = key(256, "training crop in RGB pixels: a square size, or [H, W] for a "
+                                                "rectangular one; multiples of 8 (the model's window)")
     K: int = key(32, "spike bins per exposure: voxel bins (channels of spike_vox), or TFP images with SPIKE_REPR "
                      "tfp; also read as DATA.NUM_VOXEL_BINS", fixed_on_resume=True, ge=1)
     SPIKE_REPR: str = key("voxel", f"spike input per frame: {', '.join(SPIKE_REPRS)} (docs/data.md#spike-"
@@ -94,17 +95,21 @@ class DataConfig:
                               "of training clips, frames and spikes alike")
     RANDOM_REVERSE: bool = key(False, "S-VRT's random_reverse: half the training clips in reverse frame order")
     VAL_MAX_FRAMES: Optional[int] = key(None, "validate at most this many frames per sequence; null = all", ge=1)
-    SPIKE_ROOT: Optional[str] = key(None, "separate spike tree SPLIT/SEQ/spike (+ config.yaml); null = the one in "
-                                          "ROOT")
+    SPIKE_ROOT: Optional[str] = key(None, "separate spike tree SPLIT/SEQ/spike (+ config.yaml), or a split's "
+                                          "SEQ/spike as S-VRT's dataroot_spike ({split} = the split's name); null = "
+                                          "the one in ROOT")
     SPIKE_DIR: str = key("spike", "a sequence's folder of .dat spike streams; not VOXEL_CACHE_DIRNAME", nonempty=True)
     VOXEL_CACHE_DIRNAME: str = key("spike_vox", "a sequence's voxel cache folder (ds-deblur prepare)")
     IMAGE_EXTS: list[str] = key([".png"], "extensions of the frame files in blur/ and sharp/ that count, with "
                                           "their dot; at least one")
-    GT_ROOT: Optional[str] = key(None, "S-VRT's dataroot_gt: sharp frames as SEQ/NNNNNN.png (or an LMDB with "
-                                       "IO_BACKEND lmdb); with LQ_ROOT and SPIKE_ROOT instead of ROOT's layout")
-    LQ_ROOT: Optional[str] = key(None, "S-VRT's dataroot_lq: blurry frames as SEQ/NNNNNN.png (or an LMDB)")
+    GT_ROOT: Optional[str] = key(None, "S-VRT's dataroot_gt: a split's sharp frames as SEQ/NNNNNN.png (or an LMDB "
+                                       "with IO_BACKEND lmdb), {split} standing for the split's name; with LQ_ROOT "
+                                       "and SPIKE_ROOT instead of ROOT's layout")
+    LQ_ROOT: Optional[str] = key(None, "S-VRT's dataroot_lq: a split's blurry frames as SEQ/NNNNNN.png (or an "
+                                       "LMDB), {split} standing for the split's name")
     META_INFO_FILE: Optional[str] = key(None, "KAIR meta_info file: one 'SEQ FRAMES (H,W,C) [START]' line per "
-                                              "training sequence; only those sequences and frames are read")
+                                              "training sequence; only those sequences and frames are read (each "
+                                              "split's file when the path holds {split})")
     IO_BACKEND: str = key("disk", "where frames are read: disk (image files) or lmdb (KAIR's LMDB: ROOT's frame "
                                   "folders, GT_ROOT and LQ_ROOT with .lmdb after them)", choices=IO_BACKENDS)
 

@@ -2,12 +2,15 @@
 
     ds-deblur check ROOT [--spike-size H W] [--k 32] [--clip-len 5] [--crop-size 0]
                                         [--splits train val] [--voxel-cache] [--spike-root DIR]
+                                        [--meta-info-file FILE] [--io-backend disk|lmdb]
+    ds-deblur check --gt-root DIR --lq-root DIR --spike-root DIR [...]
 
-ROOT is the unified layout or the GoPro spike release (``ROOT/GOPRO_Large`` + ``ROOT/GOPRO_Large_spike_seq``,
-whose ``test`` split stands in for ``val``). Checks everything dataset construction checks (``layout.scan_split``)
-and, unlike it, every PNG's chunk CRCs (PIL ``verify``: catches truncated or corrupted files without decoding
-them). Exit status 0 when the dataset is usable, 1 when any problem was found (each listed with its sequence and
-file), 2 for bad arguments.
+ROOT is any layout of ``roots``: the unified layout, the GoPro spike release or S-VRT's (``ROOT/GOPRO_Large`` +
+``ROOT/GOPRO_Large_spike_seq``, whose ``test`` split stands in for ``val``); or S-VRT's separate roots instead of
+ROOT (``{split}`` in them stands for the split's name). Checks everything dataset construction checks
+(``layout.scan_split``) and, unlike it, every PNG's chunk CRCs (PIL ``verify``: catches truncated or corrupted files
+or LMDB values without decoding them). Exit status 0 when the dataset is usable, 1 when any problem was found (each
+listed with its sequence and file, or LMDB and key), 2 for bad arguments.
 """
 from __future__ import annotations
 
@@ -32,8 +35,13 @@ def check(root: Root, splits: Sequence[str], spike_size: Optional[Sequence[int]]
         size = layout.spike_size(spike_size)
     except DatasetError as err:
         return [str(err)]
-    scans = [scan_split(layout, split, size, k=k, min_frames=clip_len, voxel_cache=voxel_cache, verify_png=True,
-                        min_size=crop_size if split == splits[0] else 0) for split in splits]
+    scans, problems = [], []
+    for split in splits:
+        try:  # a split that cannot be read at all (a bad meta_info file, a broken LMDB) is one problem of many
+            scans.append(scan_split(layout, split, size, k=k, min_frames=clip_len, voxel_cache=voxel_cache,
+                                    verify_png=True, min_size=crop_size if split == splits[0] else 0))
+        except DatasetError as err:
+            problems.append(f"split '{split}': {err}")
     print(f"spike size {size[0]}x{size[1]}, K={k}, clip length {clip_len}"
           f"{', reading the voxel cache' if voxel_cache else ''}")
     print(f"{'split':<10}{'sequences':>10}{'frames':>8}  {'rgb sizes':<20}spike frames/exposure")
@@ -41,7 +49,7 @@ def check(root: Root, splits: Sequence[str], spike_size: Optional[Sequence[int]]
         print(_row(scan))
     stats = layout.stats_dir / STATS_FILE
     print(f"{stats}: {'present' if stats.is_file() else 'missing (run ds-deblur prepare ROOT)'}")
-    return [problem for scan in scans for problem in scan.problems]
+    return problems + [problem for scan in scans for problem in scan.problems]
 
 
 def _row(scan: SplitScan) -> str:
@@ -56,7 +64,8 @@ def _row(scan: SplitScan) -> str:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = argparse.ArgumentParser(prog="ds-deblur check", description=__doc__.split("\n\n")[0])
-    parser.add_argument("root", help="dataset root: train/ and val/, or the release's GOPRO_Large*/ folders")
+    parser.add_argument("root", nargs="?", help="dataset root: train/ and val/, or GoPro's GOPRO_Large*/ folders "
+                        "(none with --gt-root and --lq-root)")
     parser.add_argument("--spike-size", type=int, nargs=2, metavar=("H", "W"),
                         help="spike sensor size (default: spike_size in ROOT/meta.yaml)")
     parser.add_argument("--k", type=int, default=32, help="voxel bins: each .dat needs at least K frames")
@@ -66,8 +75,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--voxel-cache", action="store_true", help="check SEQ/spike_vox/*.npy instead of .dat")
     add_layout_arguments(parser)
     args = parser.parse_args(argv)
-    problems = check(open_layout(args.root, layout_options(args)), args.splits, args.spike_size, args.k,
-                     args.clip_len, args.crop_size, args.voxel_cache)
+    if args.root is None and not (args.gt_root and args.lq_root and args.spike_root):
+        parser.error("give the dataset ROOT, or --gt-root, --lq-root and --spike-root")
+    try:
+        layout = open_layout(args.root, layout_options(args))
+    except DatasetError as err:
+        parser.error(str(err))
+    problems = check(layout, args.splits, args.spike_size, args.k, args.clip_len, args.crop_size, args.voxel_cache)
     if problems:
         listing = "\n  - ".join(problems)
         print(f"{len(problems)} problem(s) found:\n  - {listing}")

@@ -1,5 +1,5 @@
-"""DataLoaders for training (resumable, sharded) and validation (sharded, every clip once), and the voxel
-normalisation statistics they need."""
+"""DataLoaders for training (resumable, sharded) and validation (sharded, every clip once), and the spike
+normalisation they need."""
 from __future__ import annotations
 
 import os
@@ -17,6 +17,7 @@ from ds_deblur.errors import DatasetError
 
 from .dataset import ClipOptions, SpikeDeblurDataset
 from .layout import Root
+from .representations import SpikeRepr
 from .roots import DataLayout, LayoutOptions, open_layout
 from .sampler import ResumableDistributedSampler
 from .voxel import STATS_FILE, VoxelStats, compute_stats, voxelize_dat
@@ -87,15 +88,29 @@ def _estimate_stats(layout: DataLayout, split: str, k: int, spike_size: Sequence
     return compute_stats((load(files[i]) for i in picks), k, split)
 
 
+def spike_normalisation(data: Any, layout: DataLayout, spike_size: Sequence[int]) -> tuple[float, float]:
+    """(mean, std) the spike input is normalised with: the voxel's statistics (``load_voxel_stats``); for S-VRT's
+    representations DATA.NORM.MEAN/STD when given (S-VRT's spike_normalize), else none (0, 1), as S-VRT, whose
+    spike_normalize is null or the identity, feeds TFP images / 255 and raw 0/1 frames as they are."""
+    if data.SPIKE_REPR == "voxel":
+        return load_voxel_stats(layout, data.K, spike_size, data.NORM.MEAN, data.NORM.STD, data.TRAIN_SPLIT)
+    if (data.NORM.MEAN is None) != (data.NORM.STD is None):
+        raise DatasetError("set both DATA.NORM.MEAN and DATA.NORM.STD, or neither (no spike normalisation)")
+    return (0.0, 1.0) if data.NORM.MEAN is None else (float(data.NORM.MEAN), float(data.NORM.STD))
+
+
 def build_datasets(cfg: Any) -> tuple[SpikeDeblurDataset, SpikeDeblurDataset]:
-    """Train and validation datasets from the config's DATA section (and SEED), in either layout (``roots``)."""
+    """Train and validation datasets from the config's DATA section (and SEED), in any layout (``roots``)."""
     data = cfg.DATA
     layout = open_layout(data.ROOT, LayoutOptions.from_config(data))
     spike_size = layout.spike_size(data.SPIKE_SIZE)
-    mean, std = load_voxel_stats(layout, data.K, spike_size, data.NORM.MEAN, data.NORM.STD, data.TRAIN_SPLIT)
+    mean, std = spike_normalisation(data, layout, spike_size)
     common = dict(clip_len=data.CLIP_LEN, k=data.K, mean=mean, std=std,
-                  use_voxel_cache=data.USE_PRECOMPUTED_VOXELS, seed=cfg.SEED)
-    train = ClipOptions(crop_size=data.CROP_SIZE, hflip=data.HFLIP, vflip=data.VFLIP, **common)
+                  use_voxel_cache=data.USE_PRECOMPUTED_VOXELS, seed=cfg.SEED,
+                  spike_repr=None if data.SPIKE_REPR == "voxel" else SpikeRepr.from_config(data),
+                  flow_spike=SpikeRepr.flow_from_config(data) if data.FLOW_SPIKE == "encoding25" else None)
+    train = ClipOptions(crop_size=data.crop_hw, hflip=data.HFLIP, vflip=data.VFLIP, rotate=data.ROTATE,
+                        random_reverse=data.RANDOM_REVERSE, **common)
     val = ClipOptions(max_frames=data.VAL_MAX_FRAMES, **common)
     return (SpikeDeblurDataset(layout, data.TRAIN_SPLIT, train, training=True, spike_size=spike_size),
             SpikeDeblurDataset(layout, data.VAL_SPLIT, val, training=False, spike_size=spike_size))
@@ -138,6 +153,9 @@ def build_dataloaders(cfg: Any, rank: int = 0, world_size: int = 1,
     out the ranks' step counts and must not be counted in metrics. Workers per rank: DATALOADER.NUM_WORKERS or
     DATALOADER.TOTAL_WORKERS split over the ranks; ``num_workers`` overrides the config."""
     train_set, val_set = build_datasets(cfg)
+    if rank == 0:
+        for dataset in (train_set, val_set):
+            print(f"[data] {dataset.describe_sources()}", flush=True)
     loader_cfg = cfg.DATALOADER
     workers = workers_per_rank(loader_cfg, world_size) if num_workers is None else num_workers
     common: dict[str, Any] = dict(num_workers=workers, pin_memory=loader_cfg.PIN_MEMORY and torch.cuda.is_available())

@@ -4,12 +4,15 @@ Format: no header; a sequence of frames, each H*W bits in row-major order, 8 pix
 least-significant bit first, and each frame stored upside down (rows flipped on read and on write). A frame
 takes ceil(H*W / 8) bytes: for the real sensors H*W is a multiple of 8 and frames are back to back; for other
 sizes the last byte of each frame is zero-padded so that every frame starts on a byte boundary.
+
+The readers give frames upright: the same (T, H, W) as SpikeCV's ``get_spike_matrix(flipud=True)``, which is how
+S-VRT reads the GoPro spike release (tests/data/test_representations.py holds the two against each other).
 """
 from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Sequence, Union
+from typing import Optional, Sequence, Union
 
 import numpy as np
 
@@ -64,17 +67,19 @@ def rows_are_bytes(spike_size: Sequence[int]) -> bool:
 
 
 def read_dat_window(path: PathLike, spike_size: Sequence[int], rows: tuple[int, int],
-                    columns: tuple[int, int]) -> np.ndarray:
-    """The packed bits of rows [r0, r1) and the bytes holding columns [c0, c1) of every frame, upright: uint8
-    (N, r1 - r0, B) whose bit 0 is column ``8 * (c0 // 8)``. Reads only those rows of each frame (the rows are
-    stored upside down, so the window's rows are ``H - r1 .. H - r0`` in the file). Needs ``rows_are_bytes``."""
+                    columns: tuple[int, int], frames: Optional[tuple[int, int]] = None) -> np.ndarray:
+    """The packed bits of rows [r0, r1) and the bytes holding columns [c0, c1) of every frame (or of the frames
+    [f0, f1)), upright: uint8 (N, r1 - r0, B) whose bit 0 is column ``8 * (c0 // 8)``. Reads only those rows of
+    each frame (the rows are stored upside down, so the window's rows are ``H - r1 .. H - r0`` in the file). Needs
+    ``rows_are_bytes``."""
     height, width = spike_size
     if not rows_are_bytes(spike_size):
         raise ValueError(f"rows of a {height}x{width} frame do not take whole bytes; read whole frames instead")
     row_bytes, per_frame = width // 8, frame_bytes(spike_size)
     (r0, r1), (c0, c1) = rows, columns
     first = (height - r1) * row_bytes
-    offsets = [n * per_frame + first for n in range(dat_frame_count(path, spike_size))]
+    f0, f1 = frames if frames is not None else (0, dat_frame_count(path, spike_size))
+    offsets = [n * per_frame + first for n in range(f0, f1)]
     band = read_bands(path, offsets, (r1 - r0) * row_bytes).reshape(len(offsets), r1 - r0, row_bytes)
     return band[:, ::-1, c0 // 8:(c1 + 7) // 8]
 
@@ -89,6 +94,27 @@ def unpack_frames(packed: np.ndarray, spike_size: Sequence[int]) -> np.ndarray:
 def read_dat(path: PathLike, spike_size: Sequence[int]) -> np.ndarray:
     """All spike frames of ``path`` as a bool array (N, H, W), upright."""
     return np.ascontiguousarray(unpack_frames(open_dat(path, spike_size), spike_size))
+
+
+def read_dat_frames(path: PathLike, spike_size: Sequence[int], box: Optional[tuple[int, int, int, int]] = None,
+                    frames: Optional[tuple[int, int]] = None) -> np.ndarray:
+    """The 0/1 spikes of ``box`` (top, left, height, width; default the whole sensor) of the frames [f0, f1)
+    (default all), upright: uint8 (f1 - f0, height, width). With whole-byte rows (every real sensor) only the
+    box's rows of those frames are read and only its columns' bytes unpacked."""
+    height, width = spike_size
+    top, left, box_h, box_w = box if box is not None else (0, 0, height, width)
+    count = dat_frame_count(path, spike_size)
+    f0, f1 = frames if frames is not None else (0, count)
+    if not (0 <= f0 <= f1 <= count and 0 <= top and top + box_h <= height and 0 <= left and left + box_w <= width):
+        raise ValueError(f"{path}: frames [{f0}, {f1}) and box {(top, left, box_h, box_w)} are not inside its "
+                         f"{count} frames of {height}x{width}")
+    if not rows_are_bytes(spike_size):
+        packed = np.asarray(open_dat(path, spike_size)[f0:f1])
+        spikes = unpack_frames(packed, spike_size)[:, top:top + box_h, left:left + box_w]
+        return np.ascontiguousarray(spikes).view(np.uint8)
+    packed = read_dat_window(path, spike_size, (top, top + box_h), (left, left + box_w), (f0, f1))
+    bits = np.unpackbits(packed, axis=2, bitorder="little")
+    return np.ascontiguousarray(bits[:, :, left % 8:left % 8 + box_w])
 
 
 def write_dat(path: PathLike, spikes: np.ndarray) -> None:

@@ -3,7 +3,7 @@
     ds-deblur synth --out DIR [--seed 0 --train-seqs 6 --val-seqs 2 --frames 16
                                               --size 96x96 --spike-size 96x96 --subframes 64 --threshold 1.0
                                               --dark-rate 0.00714 --photons 0 --saturation 0.6 --chroma-detail 0.2
-                                              --layout unified|gopro --report]
+                                              --layout unified|gopro|svrt --report]
 
 ``--layout unified`` (the default) writes ``DIR/{train,val}/seq_NNN/{blur,sharp,spike}/NNNNNN.*`` and
 ``DIR/meta.yaml``. ``--layout gopro`` writes the published GoPro spike release's layout:
@@ -11,9 +11,11 @@
 ``DIR/GOPRO_Large_spike_seq/{train,test}/GOPRnnnn_00_00/spike/NNNNNN.dat`` and
 ``DIR/GOPRO_Large_spike_seq/config.yaml`` (spike_h, spike_w, is_labeled, labeled_data_type), with frame numbers
 that do not start at 0 or 1 (sequence i of a split starts at 47 + 40 i, as GoPro's own numbers need not), the
-``--val-seqs`` sequences as ``test``, and the card ``DIR/meta.yaml``. Both layouts hold the same pixels and spikes
-for the same arguments; only the names differ. ``--report`` then prints what the validation spikes tell on their own
-(``ds_deblur.data.spike_quality``).
+``--val-seqs`` sequences as ``test``, and the card ``DIR/meta.yaml``. ``--layout svrt`` writes the same with the
+frames as S-VRT's README lays them out: ``DIR/GOPRO_Large/{train,test}_GT/GOPRnnnn_00_00/NNNNNN.png`` (sharp) and
+``DIR/GOPRO_Large/{train,test}_GT_blurred/GOPRnnnn_00_00/NNNNNN.png`` (blurry). All layouts hold the same pixels
+and spikes for the same arguments; only the names differ. ``--report`` then prints what the validation spikes tell
+on their own (``ds_deblur.data.spike_quality``).
 
 Each sequence is a procedural scene: a textured background seen by a moving camera and several textured
 objects, each on its own path; textures have the colour statistics of natural images (``--saturation``,
@@ -45,11 +47,11 @@ from PIL import Image, ImageDraw
 
 from .images import GREY
 from .layout import META_FILE, SPIKE_DIR
-from .roots import RELEASE_CONFIG, RELEASE_FRAMES, RELEASE_SPIKES, VALIDATION_SPLIT
+from .roots import RELEASE_CONFIG, RELEASE_FRAMES, RELEASE_SPIKES, SVRT_BLUR, SVRT_SHARP, VALIDATION_SPLIT, fill_split
 from .spike_io import write_dat
 from .spike_quality import measure, table
 
-LAYOUTS = ("unified", "gopro")
+LAYOUTS = ("unified", "gopro", "svrt")
 CHROMA_SIGMA = 3.0  # Gaussian, in pixels at a 96-pixel frame (scaled with it): finer colour is "detail"
 
 
@@ -279,12 +281,18 @@ class SpikeSensor:
         return fired
 
 
-def render_sequence(seq_dir: Path, rng: np.random.Generator, cfg: SynthConfig, spike_dir: Optional[Path] = None,
-                    first: int = 0) -> None:
-    """Render one sequence's blur/sharp PNGs into ``seq_dir`` and its spike .dat files into ``spike_dir/spike``
-    (default ``seq_dir``), numbering frames from ``first``."""
-    spike_dir = seq_dir if spike_dir is None else spike_dir
-    for folder in (seq_dir / "blur", seq_dir / "sharp", spike_dir / SPIKE_DIR):
+@dataclass(frozen=True)
+class SequenceFolders:
+    """Where one sequence goes: its blurry and sharp PNGs, and the folder of its ``spike/`` folder."""
+    blur: Path
+    sharp: Path
+    spikes: Path
+
+
+def render_sequence(folders: SequenceFolders, rng: np.random.Generator, cfg: SynthConfig, first: int = 0) -> None:
+    """Render one sequence's blur/sharp PNGs and its spike .dat files into ``folders``, numbering frames from
+    ``first``."""
+    for folder in (folders.blur, folders.sharp, folders.spikes / SPIKE_DIR):
         folder.mkdir(parents=True)
     scene = Scene(rng, cfg)
     sensor = SpikeSensor(rng, cfg.sensor_size(), cfg.threshold, cfg.dark_rate, cfg.photons)
@@ -297,9 +305,9 @@ def render_sequence(seq_dir: Path, rng: np.random.Generator, cfg: SynthConfig, s
             blur += sub
             spikes[i] = sensor.expose(sub)
         name = f"{first + f:06d}"
-        _save_png(seq_dir / "blur" / f"{name}.png", blur / cfg.subframes)
-        _save_png(seq_dir / "sharp" / f"{name}.png", scene.render(f + 0.5))
-        write_dat(spike_dir / SPIKE_DIR / f"{name}.dat", spikes)
+        _save_png(folders.blur / f"{name}.png", blur / cfg.subframes)
+        _save_png(folders.sharp / f"{name}.png", scene.render(f + 0.5))
+        write_dat(folders.spikes / SPIKE_DIR / f"{name}.dat", spikes)
 
 
 def _save_png(path: Path, image: np.ndarray) -> None:
@@ -307,8 +315,8 @@ def _save_png(path: Path, image: np.ndarray) -> None:
 
 
 def generate(out: str | Path, cfg: SynthConfig = SynthConfig(), layout: str = "unified") -> Path:
-    """Write a synthetic dataset in ``layout`` (``unified`` or ``gopro``, see the module doc) to ``out`` (which
-    must not exist or be empty); returns its path."""
+    """Write a synthetic dataset in ``layout`` (``unified``, ``gopro`` or ``svrt``, see the module doc) to ``out``
+    (which must not exist or be empty); returns its path."""
     out = Path(out)
     if layout not in LAYOUTS:
         raise ValueError(f"layout must be one of {LAYOUTS}, got {layout!r}")
@@ -319,14 +327,26 @@ def generate(out: str | Path, cfg: SynthConfig = SynthConfig(), layout: str = "u
             # Each sequence's RNG depends only on (seed, split, index): adding sequences leaves the others alone,
             # and both layouts hold the same data.
             rng = np.random.default_rng([cfg.seed, split_id, s])
-            if layout == "unified":
-                render_sequence(out / split / f"seq_{s:03d}", rng, cfg)
-                continue
-            split, name = VALIDATION_SPLIT if split == "val" else split, f"GOPR{372 + 100 * split_id + s:04d}_00_00"
-            render_sequence(out / RELEASE_FRAMES / split / name, rng, cfg, out / RELEASE_SPIKES / split / name,
-                            first=47 + 40 * s)
+            render_sequence(_sequence_folders(out, layout, split, split_id, s), rng, cfg,
+                            first=0 if layout == "unified" else 47 + 40 * s)
     _write_meta(out, cfg, layout)
     return out
+
+
+def _sequence_folders(out: Path, layout: str, split: str, split_id: int, index: int) -> SequenceFolders:
+    """The folders of sequence ``index`` of ``split`` in ``layout``: ``seq_NNN`` in the unified layout,
+    GoPro-like names (``val`` as ``test``) in the release's and S-VRT's."""
+    if layout == "unified":
+        seq = out / split / f"seq_{index:03d}"
+        return SequenceFolders(seq / "blur", seq / "sharp", seq)
+    split, name = VALIDATION_SPLIT if split == "val" else split, f"GOPR{372 + 100 * split_id + index:04d}_00_00"
+    spikes = out / RELEASE_SPIKES / split / name
+    if layout == "gopro":
+        seq = out / RELEASE_FRAMES / split / name
+        return SequenceFolders(seq / "blur", seq / "sharp", spikes)
+    frames = out / RELEASE_FRAMES
+    return SequenceFolders(fill_split(str(frames / SVRT_BLUR), split) / name,
+                           fill_split(str(frames / SVRT_SHARP), split) / name, spikes)
 
 
 def _write_meta(out: Path, cfg: SynthConfig, layout: str) -> None:
@@ -390,7 +410,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                         help="then print what the validation spikes tell on their own (ds_deblur.data.spike_quality)")
     parser.add_argument("--layout", choices=LAYOUTS, default="unified",
                         help="unified: ROOT/{train,val}/SEQ/...; gopro: the GoPro spike release's folders "
-                             "(GOPRO_Large, GOPRO_Large_spike_seq with config.yaml; --val-seqs become 'test')")
+                             "(GOPRO_Large, GOPRO_Large_spike_seq with config.yaml; --val-seqs become 'test'); "
+                             "svrt: the same with S-VRT's frame folders GOPRO_Large/{train,test}_GT[_blurred]/SEQ")
     args = parser.parse_args(argv)
     if args.spike_size and (args.spike_size[0] > args.size[0] or args.spike_size[1] > args.size[1]):
         parser.error(f"--spike-size {args.spike_size} must not exceed --size {args.size}")

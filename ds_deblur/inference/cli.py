@@ -5,14 +5,16 @@
     ds-deblur infer --ckpt best.pth --root GOPRO --split test --output results \
         --tile 18 192 192 --tile-overlap 2 20 20
 
-``--root`` takes a dataset in the unified layout or the GoPro spike release as downloaded (``ROOT/GOPRO_Large`` +
-``ROOT/GOPRO_Large_spike_seq``; its ``test`` split stands in for ``val``). Writes ``OUT/SEQ/STEM.png`` for every
-blurry input frame (same stem and size) and, when the sequences have sharp frames, ``OUT/metrics.json``: per-frame
-and mean PSNR (RGB, Y) and SSIM (Y) of the written 8-bit frames, the same for the blurry input, time per frame and
-peak memory, and under ``protocol`` the published evaluation protocol (VRT's test script: PSNR and SSIM on the
-written 8-bit RGB frames and on Y, border 0, the mean per sequence then over sequences), which it also prints as a
-per-sequence table. ``--tile T H W --tile-overlap OT OH OW`` is VRT's test form: T frames per temporal window
-overlapping by OT (the same as ``--clip-len``), spatial tiles of H x W overlapping by OH x OW; 0 means whole
+``--root`` takes a dataset in the unified layout, the GoPro spike release as downloaded (``ROOT/GOPRO_Large`` +
+``ROOT/GOPRO_Large_spike_seq``) or S-VRT's layout of it (``GOPRO_Large/test_GT``, ``test_GT_blurred``; frames also
+from KAIR LMDBs with ``--io-backend lmdb``); in the last two ``test`` stands in for ``val``. Writes
+``OUT/SEQ/STEM.png`` for every blurry input frame (same stem and size) and, when the sequences have sharp frames,
+``OUT/metrics.json``: per-frame and mean PSNR (RGB, Y) and SSIM (Y) of the written 8-bit frames, the same for the
+blurry input, time per frame and peak memory, and under ``protocol`` the published evaluation protocol (VRT's test
+script: PSNR and SSIM on the written 8-bit RGB frames and on Y, border 0, the mean per sequence then over
+sequences), which it also prints as a per-sequence table. ``--tile T H W --tile-overlap OT OH OW`` is VRT's test
+form: T frames per temporal window overlapping by OT (the same as ``--clip-len``), spatial tiles of H x W
+overlapping by OH x OW; 0 means whole
 sequences or whole frames. How sequences are covered: ``ds_deblur.inference.pipeline``.
 """
 from __future__ import annotations
@@ -34,7 +36,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from ds_deblur.ckpt.weights import read_weights
-from ds_deblur.data.roots import LayoutOptions
+from ds_deblur.data.roots import LayoutOptions, add_location_arguments
 from ds_deblur.errors import DsDeblurError, InferenceError
 from ds_deblur.inference.pipeline import (Sequence, SpikeInput, build_from, find_sequences, load_frame, open_sequence,
                                           read_frame, restore_sequence, spike_input)
@@ -61,7 +63,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "of --split")
     parser.add_argument("--split", default="val", help="with --root: the split folder (default: val, which is "
                         "'test' in the release layout)")
-    parser.add_argument("--spike-root", default=None, help="a separate spike tree SPLIT/SEQ/spike (as DATA.SPIKE_ROOT)")
+    add_location_arguments(parser)  # where this dataset's parts are: not the training run's DATA paths
     parser.add_argument("--output", required=True, type=Path, help="output folder (created)")
     parser.add_argument("--tile", type=int, nargs="+", default=None, metavar="N",
                         help="spatial tile size in pixels, a multiple of 64 (default: whole frames), or VRT's "
@@ -153,7 +155,9 @@ def run(args: argparse.Namespace, tiling: Tiling = Tiling()) -> dict:
     """Restore every frame of every sequence; returns what metrics.json holds (written when sharp frames exist)."""
     ckpt = read_weights(Path(args.ckpt), ema=WEIGHTS[args.weights])
     model, cfg = build_from(ckpt, Path(args.ckpt), args.config)
-    options = replace(LayoutOptions.from_config(cfg.DATA), spike_root=args.spike_root)
+    options = replace(LayoutOptions.from_config(cfg.DATA), spike_root=args.spike_root, gt_root=args.gt_root,
+                      lq_root=args.lq_root, meta_info_file=args.meta_info_file, meta_info_split=args.split,
+                      io_backend=args.io_backend)
     dirs, data = find_sequences(options, args.root, args.split, tuple(args.input or ()))
     spike = spike_input(cfg, ckpt.spike, data, args.spike_mean, args.spike_std)
     sequences = [open_sequence(d, spike, options) for d in dirs]  # every folder checked before the first frame runs

@@ -13,7 +13,7 @@ Sequences come from a dataset in either layout (``ds_deblur.data.roots``) or fro
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable, Iterator, Optional
 
@@ -22,15 +22,17 @@ import torch
 
 from ds_deblur.ckpt.weights import Weights, load_into
 from ds_deblur.config import Config, load_config, load_stored_config
+from ds_deblur.data.dataset import ReprSource
 from ds_deblur.data.images import read_rgb
 from ds_deblur.data.layout import SequenceInfo, frame_files, image_size
+from ds_deblur.data.representations import SpikeRepr, artifact_dir
 from ds_deblur.data.roots import DataLayout, LayoutOptions, SequenceDirs, open_layout, sequence_dirs_of
 from ds_deblur.data.voxel import STATS_FILE, VoxelStats, resample_window, voxelize_dat
 from ds_deblur.errors import DatasetError, InferenceError
 from ds_deblur.inference.tiling import blend_ramp, tile_starts
 from ds_deblur.models import build_model
 
-ClipForward = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (T,3,H,W), (T,K,H,W) -> (T,3,H,W)
+ClipForward = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (T,3,H,W), (T,C,H,W) -> (T,3,H,W)
 
 
 # --- the model ---------------------------------------------------------------------------------------------------
@@ -51,11 +53,13 @@ def build_from(weights: Weights, path: Path, config: Optional[Path] = None) -> t
 
 @dataclass(frozen=True)
 class SpikeInput:
-    """How a frame's spike stream becomes the model's input: sensor size, bins, normalisation."""
+    """How a frame's spike stream becomes the model's input: sensor size, bins, normalisation, and the
+    representation (``spec``; None: the log1p voxel of ``k`` bins), as in training (``SpikeDeblurDataset``)."""
     size: tuple[int, int]
     k: int
     mean: float
     std: float
+    spec: Optional[SpikeRepr] = None
 
 
 def spike_input(cfg: Config, recorded: Optional[dict], data: Optional[DataLayout],
@@ -64,7 +68,7 @@ def spike_input(cfg: Config, recorded: Optional[dict], data: Optional[DataLayout
 
     Sensor size: what the data records (meta.yaml, or the release's config.yaml), which must agree with what the
     checkpoint was trained on; else the checkpoint's. Mean/std: given, else the checkpoint's, else its config's,
-    else voxel_stats.json of the data or of the training data."""
+    else voxel_stats.json of the data or of the training data (the voxel), or none (S-VRT's representations)."""
     recorded = recorded or {}
     trained = recorded.get("size") or cfg.DATA.SPIKE_SIZE or training_layout(cfg).recorded_spike_size()
     here = data.recorded_spike_size() if data is not None else None
@@ -78,9 +82,10 @@ def spike_input(cfg: Config, recorded: Optional[dict], data: Optional[DataLayout
                              f"records spike_h/spike_w in GOPRO_Large_spike_seq/config.yaml)")
     if recorded.get("k") not in (None, cfg.DATA.K):
         raise InferenceError(f"the checkpoint records {recorded['k']} spike bins but its config says {cfg.DATA.K}")
+    spec = None if cfg.DATA.SPIKE_REPR == "voxel" else SpikeRepr.from_config(cfg.DATA)
     if mean is None or std is None:
         mean, std = _recorded_stats(cfg, recorded, data)
-    return SpikeInput((int(size[0]), int(size[1])), cfg.DATA.K, float(mean), float(std))
+    return SpikeInput((int(size[0]), int(size[1])), cfg.DATA.K, float(mean), float(std), spec)
 
 
 def training_layout(cfg: Config) -> DataLayout:
@@ -93,6 +98,8 @@ def _recorded_stats(cfg: Config, recorded: dict, data: Optional[DataLayout]) -> 
         return recorded["mean"], recorded["std"]
     if cfg.DATA.NORM.MEAN is not None:
         return cfg.DATA.NORM.MEAN, cfg.DATA.NORM.STD
+    if cfg.DATA.SPIKE_REPR != "voxel":
+        return 0.0, 1.0  # as the training loader (``loader.spike_normalisation``)
     for layout in (data, training_layout(cfg)):
         stats = VoxelStats.load(layout.stats_dir, cfg.DATA.K) if layout and layout.stats_dir.is_dir() else None
         if stats is not None:
@@ -105,9 +112,10 @@ def _recorded_stats(cfg: Config, recorded: dict, data: Optional[DataLayout]) -> 
 
 @dataclass(frozen=True)
 class Sequence(SequenceInfo):
-    """One sequence to restore: blur frames with a spike file each (``.dat`` or the voxel cache), and sharp frames
-    for all of them or none."""
+    """One sequence to restore: blur frames with a spike file each (``.dat``, the voxel cache, or the artifact of
+    the representation, read as in training: ``source``), and sharp frames for all of them or none."""
     has_sharp: bool = False
+    source: Optional[ReprSource] = None
 
 
 def find_sequences(options: LayoutOptions, root: Optional[Path] = None, split: str = "val",
@@ -130,31 +138,41 @@ def find_sequences(options: LayoutOptions, root: Optional[Path] = None, split: s
 
 def open_sequence(dirs: SequenceDirs, spike: SpikeInput, options: LayoutOptions = LayoutOptions()) -> Sequence:
     """Check a sequence (blur frames, a spike file per frame, sharp frames all or none) and index it."""
-    blur_dir = dirs.frames / "blur"
+    blur_dir = dirs.blur
     blur, _ = frame_files(blur_dir, options.image_exts)
     if not blur:
         raise InferenceError(f"{blur_dir} has no frames ({'/'.join(options.image_exts)}) (expected "
-                             f"SEQ/blur/NNNNNN.png)")
-    spikes, cache = dirs.spikes / options.spike_dir, dirs.spikes / options.voxel_dir
-    missing = [n for n in blur if not (spikes / f"{n}.dat").is_file() and not (cache / f"{n}.npy").is_file()]
+                             f"NNNNNN.png frames, e.g. SEQ/blur/NNNNNN.png)")
+    spikes = dirs.spikes / options.spike_dir
+    cached = _cached_names(dirs.spikes / options.voxel_dir if spike.spec is None else artifact_dir(dirs.spikes,
+                                                                                                    spike.spec))
+    missing = [n for n in blur if not (spikes / f"{n}.dat").is_file() and n not in cached]
     if missing:
         raise InferenceError(f"{dirs.frames}: {len(missing)} frame(s) have no spike file, e.g. "
                              f"{spikes / missing[0]}.dat; every blurry frame needs its spike stream")
-    sharp, _ = frame_files(dirs.frames / "sharp", options.image_exts)
+    sharp, _ = frame_files(dirs.sharp, options.image_exts)
     has_sharp = all(n in sharp for n in blur)
     try:
         size = image_size(blur_dir / next(iter(blur.values())), verify=False)
     except (OSError, ValueError, SyntaxError) as err:
         raise DatasetError(f"cannot read {blur_dir / next(iter(blur.values()))} ({err})") from err
-    return Sequence(dirs.name, dirs.frames, tuple(blur), size, tuple(blur.values()),
-                    tuple(sharp[n] for n in blur) if has_sharp else (), dirs.spikes, options.spike_dir,
-                    options.voxel_dir, has_sharp)
+    seq = Sequence(dirs.name, dirs.frames, tuple(blur), size, tuple(blur.values()),
+                   tuple(sharp[n] for n in blur) if has_sharp else (), dirs.spikes, options.spike_dir,
+                   options.voxel_dir, has_sharp, blur_dir=dirs.blur, sharp_dir=dirs.sharp)
+    return seq if spike.spec is None else replace(seq, source=ReprSource.find(seq, spike.spec))
+
+
+def _cached_names(folder: Path) -> set[str]:
+    """Stems of the files in a voxel cache or artifact folder (none when it does not exist)."""
+    return {p.stem for p in folder.iterdir()} if folder.is_dir() else set()
 
 
 def load_frame(seq: Sequence, i: int, spike: SpikeInput) -> tuple[torch.Tensor, torch.Tensor]:
-    """(blur (3,H,W) in [0,1], normalised spike voxel (K,H,W)) of frame ``i``."""
+    """(blur (3,H,W) in [0,1], normalised spike input (C,H,W)) of frame ``i``."""
     blur = read_frame(seq.blur(i), seq.size)
-    if seq.spike(i).is_file():
+    if seq.source is not None:
+        vox = seq.source.read(seq, i, spike.size, (0, 0, *spike.size))
+    elif seq.spike(i).is_file():
         vox = voxelize_dat(seq.spike(i), spike.size, spike.k)
     else:
         vox = np.load(seq.voxel(i), mmap_mode="r")

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import warnings
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Optional, Sequence, Union
 
 import yaml
 from torch import nn
@@ -26,21 +26,27 @@ _VRT_OVERRIDES = {
 }
 
 
-def _tiny(clip_len: int, crop: int) -> dict[str, Any]:
+def _img_size(clip_len: int, crop: Union[int, Sequence[int]]) -> list[int]:
+    """VRT's img_size [T, H, W] for a square crop size or an [H, W] one (VRT accepts it and does not use it)."""
+    height, width = (crop, crop) if isinstance(crop, int) else crop
+    return [clip_len, height, width]
+
+
+def _tiny(clip_len: int, crop: Union[int, Sequence[int]]) -> dict[str, Any]:
     # Small enough for a DeepSpeed demo on 2 CPU ranks (64x64 crops, a few frames): 8 stages of width 16.
-    return dict(img_size=[clip_len, crop, crop], window_size=[2, 8, 8], depths=[2] * 7 + [2],
+    return dict(img_size=_img_size(clip_len, crop), window_size=[2, 8, 8], depths=[2] * 7 + [2],
                 indep_reconsts=[7], embed_dims=[16] * 8, num_heads=[2] * 8, pa_frames=2, deformable_groups=4,
                 drop_path_rate=0.0, spike_res_blocks=1, identity_init=True)
 
 
-def _base(clip_len: int, crop: int) -> dict[str, Any]:
+def _base(clip_len: int, crop: Union[int, Sequence[int]]) -> dict[str, Any]:
     # The original project's model: VRT's 13-stage layout at width 96, temporal window = the whole clip.
-    return dict(img_size=[clip_len, crop, crop], window_size=[clip_len, 8, 8], depths=[8] * 7 + [4] * 6,
+    return dict(img_size=_img_size(clip_len, crop), window_size=[clip_len, 8, 8], depths=[8] * 7 + [4] * 6,
                 indep_reconsts=[11, 12], embed_dims=[96] * 13, num_heads=[6] * 13, pa_frames=2,
                 deformable_groups=16, spike_res_blocks=2)
 
 
-def _vrt_gopro(clip_len: int, crop: int) -> dict[str, Any]:
+def _vrt_gopro(clip_len: int, crop: Union[int, Sequence[int]]) -> dict[str, Any]:
     # Official VRT video deblurring (GoPro) configuration, so its released weights load into model.vrt.
     return dict(img_size=[6, 192, 192], window_size=[6, 8, 8], depths=[8] * 7 + [4] * 4, indep_reconsts=[9, 10],
                 embed_dims=[96] * 7 + [120] * 4, num_heads=[6] * 11, pa_frames=2, deformable_groups=16,
@@ -58,7 +64,7 @@ def vrt_arguments(cfg: Any) -> tuple[dict[str, Any], dict[str, Any]]:
     """The VRT constructor arguments for ``cfg`` (preset + MODEL.VRT overrides) and the preset's build options
     (``spike_res_blocks``: residual depth of the spike encoder; ``identity_init``: start as the identity)."""
     model_cfg = cfg.MODEL
-    kwargs = PRESETS[model_cfg.PRESET](cfg.DATA.CLIP_LEN, cfg.DATA.CROP_SIZE)
+    kwargs = PRESETS[model_cfg.PRESET](cfg.DATA.CLIP_LEN, cfg.DATA.crop_hw)
     options = {key: kwargs.pop(key, default) for key, default in _BUILD_OPTIONS.items()}
     kwargs.update(vrt_options(model_cfg.VRT_CFG))
     for key, arg in _VRT_OVERRIDES.items():
@@ -110,8 +116,10 @@ def _spike_channels(cfg: Any, embed_dims: list[int]) -> list[int]:
 
 
 def build_model(cfg: Any) -> VRTWithSpike:
-    """The deblurring model described by ``cfg.MODEL`` (and DATA.CLIP_LEN/CROP_SIZE/K), called as
-    ``model(blur (B,T,3,H,W), spike_vox (B,T,K,H,W)) -> (B,T,3,H,W)``; the backbone is ``model.vrt``."""
+    """The deblurring model described by ``cfg.MODEL`` (and DATA.CLIP_LEN/CROP_SIZE), called as
+    ``model(blur (B,T,3,H,W), spike_vox (B,T,C,H,W)) -> (B,T,3,H,W)`` with C = ``cfg.DATA.spike_channels`` (the
+    spike representation's width: DATA.K voxel bins or TFP images, or DATA.RAW_WINDOW_LENGTH raw frames); the
+    backbone is ``model.vrt``."""
     vrt_kwargs, options = vrt_arguments(cfg)
     use_spike = bool(cfg.MODEL.USE_SPIKE)
     channels = _spike_channels(cfg, vrt_kwargs["embed_dims"]) if use_spike else []
@@ -124,7 +132,7 @@ def build_model(cfg: Any) -> VRTWithSpike:
         nn.init.zeros_(vrt.conv_last.weight)
         nn.init.zeros_(vrt.conv_last.bias)
     return VRTWithSpike(
-        vrt, spike_bins=cfg.DATA.K, channels_per_scale=channels, use_spike=use_spike,
+        vrt, spike_bins=cfg.DATA.spike_channels, channels_per_scale=channels, use_spike=use_spike,
         spike_res_blocks=options["spike_res_blocks"],
         tsa=dict(heads=m.SPIKE_TSA.HEADS, mlp_ratio=m.SPIKE_TSA.MLP_RATIO, chunk_pixels=m.SPIKE_TSA.CHUNK_PIXELS),
         fuse=dict(heads=m.FUSE.HEADS, mlp_ratio=m.FUSE.MLP_RATIO, chunk_pixels=m.FUSE.CHUNK_PIXELS,

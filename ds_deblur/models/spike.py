@@ -1,7 +1,8 @@
-"""Spike branch: a 3-D convolutional pyramid over the voxel clip, then temporal self attention at each scale.
+"""Spike branch: a 3-D convolutional pyramid over the spike clip, then temporal self attention at each scale.
 
-The encoder treats the K voxel bins as channels and (T, H, W) as a 3-D volume, so time keeps its length and
-every scale lines up frame by frame with the VRT encoder stages 1-4 (full, 1/2, 1/4, 1/8 resolution).
+The encoder treats a frame's spike input (voxel bins, TFP images or raw frames) as channels and (T, H, W) as a
+3-D volume, so time keeps its length and every scale lines up frame by frame with the VRT encoder stages 1-4
+(full, 1/2, 1/4, 1/8 resolution).
 """
 from __future__ import annotations
 
@@ -46,9 +47,10 @@ def _res_stack(channels: int, num_blocks: int) -> nn.Sequential:
 
 
 class SpikeEncoder3D(nn.Module):
-    """Voxel clip ``(B, T, K, H, W)`` -> features ``[(B, C_i, T, ceil(H/2^i), ceil(W/2^i)) for i in 0..3]``.
+    """Spike clip ``(B, T, C, H, W)`` (C voxel bins, TFP images or raw frames) -> features
+    ``[(B, C_i, T, ceil(H/2^i), ceil(W/2^i)) for i in 0..3]``.
 
-    Scale 0: conv3 K->C_0 + ReLU and ``num_res_blocks`` residual blocks. Each further scale: a stride-(1,2,2)
+    Scale 0: conv3 C->C_0 + ReLU and ``num_res_blocks`` residual blocks. Each further scale: a stride-(1,2,2)
     conv3 C_{i-1}->C_i + ReLU, then ``num_res_blocks`` residual blocks. Time is never strided.
     """
 
@@ -64,8 +66,9 @@ class SpikeEncoder3D(nn.Module):
 
     def forward(self, spike_vox: torch.Tensor) -> list[torch.Tensor]:
         if spike_vox.dim() != 5 or spike_vox.shape[2] != self.in_bins:
-            raise ValueError(f"spike_vox must be (B, T, K={self.in_bins}, H, W), got {tuple(spike_vox.shape)}; "
-                             "DATA.K must match the voxel files")
+            raise ValueError(f"spike_vox must be (B, T, C={self.in_bins}, H, W), got {tuple(spike_vox.shape)}; "
+                             "the spike input's channels (DATA.K, or DATA.RAW_WINDOW_LENGTH with SPIKE_REPR "
+                             "raw_window) must match the model's")
         x = self.res0(self.act(self.in_proj(spike_vox.transpose(1, 2))))
         feats = [x]
         for down, res in zip(self.downs, self.residuals):

@@ -12,9 +12,10 @@ from ds_deblur.models.spike import SpikeEncoder3D, SpikeTemporalSA
 
 
 class VRTWithSpike(nn.Module):
-    """``model(blur (B,T,3,H,W), spike_vox (B,T,K,H,W)) -> (B,T,3,H,W)``.
+    """``model(blur (B,T,3,H,W), spike_vox (B,T,C,H,W)) -> (B,T,3,H,W)``; ``spike_bins`` = C, the spike input's
+    channels per frame (voxel bins, TFP images or raw frames: ``DataConfig.spike_channels``).
 
-    Spike voxels -> SpikeEncoder3D -> SpikeTemporalSA give one feature per scale; after VRT encoder stage i
+    Spike input -> SpikeEncoder3D -> SpikeTemporalSA give one feature per scale; after VRT encoder stage i
     the RGB feature (queries) is fused with spike feature i (keys/values) by ``cross_attn_fuse[i]``. Parameter
     names are the original S-VRT model's (``spike_temporal_sa.blocks.N.ln1``, ``cross_attn_fuse.fuse_blocks.N.*``).
     With ``use_spike=False`` the spike modules are not built and ``spike_vox`` is ignored: plain VRT. The backbone
@@ -43,7 +44,7 @@ class VRTWithSpike(nn.Module):
             return self.vrt(blur)
         b, t, _, h, w = blur.shape
         if spike_vox.dim() != 5 or spike_vox.shape[:2] != (b, t) or spike_vox.shape[3:] != (h, w):
-            raise ValueError(f"spike_vox {tuple(spike_vox.shape)} must be (B, T, K, H, W) matching blur "
+            raise ValueError(f"spike_vox {tuple(spike_vox.shape)} must be (B, T, C, H, W) matching blur "
                              f"{tuple(blur.shape)} in B, T, H, W")
         spike_feats = self.spike_temporal_sa(self.spike_encoder(spike_vox))
 

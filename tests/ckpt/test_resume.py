@@ -19,10 +19,11 @@ def weights(run_dir) -> dict:
     return torch.load(run_dir / "ckpts/last.pth", weights_only=True)["state_dict"]
 
 
-def check_exact_resume(data, tmp_path, config: str, ranks: int, env=None, val_every: int = 2) -> list[dict]:
+def check_exact_resume(data, tmp_path, config: str, ranks: int, env=None, val_every: int = 2,
+                       extra_sets=()) -> list[dict]:
     """A run of 6 steps and one of 3 + resume + 3 give bitwise-equal train logs and final weights."""
     # 8 clips, 4 per rank and epoch on 2 ranks (8 on 1): step 3 of 6 falls in the middle of epoch 0.
-    sets = ["TRAIN.TOTAL_STEPS=6", f"LOG.VAL_EVERY_STEPS={val_every}", "LOG.SAVE_EVERY_STEPS=2"]
+    sets = ["TRAIN.TOTAL_STEPS=6", f"LOG.VAL_EVERY_STEPS={val_every}", "LOG.SAVE_EVERY_STEPS=2", *extra_sets]
     straight, pieces = tmp_path / "straight", tmp_path / "pieces"
     proc = run_train(data, straight, config, sets, ranks=ranks, env=env)
     assert proc.returncode == 0, output_of(proc)
@@ -39,11 +40,19 @@ def check_exact_resume(data, tmp_path, config: str, ranks: int, env=None, val_ev
     return log
 
 
+# S-VRT's augmentations and TFP input: their draws come from each sample's own RNG, so they resume exactly too.
+SVRT_DATA = ("DATA.SPIKE_REPR=tfp", "DATA.TFP_HALF_WIN_LENGTH=2", "DATA.ROTATE=true", "DATA.RANDOM_REVERSE=true",
+             "DATA.NORM.MEAN=null", "DATA.NORM.STD=null")
+
+
 @pytest.mark.dist
 @pytest.mark.slow
-@pytest.mark.parametrize("stage, ranks", [(1, 2), (2, 2), (3, 2), (1, 1), (2, 1), (3, 1)])
-def test_resume_mid_epoch_is_exact(data, tmp_path, stage, ranks):
-    check_exact_resume(data, tmp_path, ds_json(tmp_path, "ds_configs/cpu_fp32.json", stage), ranks)
+@pytest.mark.parametrize("stage, ranks, data_sets", [(1, 2, ()), (2, 2, ()), (3, 2, ()), (1, 1, ()), (2, 1, ()),
+                                                     (3, 1, ()), (2, 2, SVRT_DATA)],
+                         ids=["1-2", "2-2", "3-2", "1-1", "2-1", "3-1", "2-2-svrt-data"])
+def test_resume_mid_epoch_is_exact(data, tmp_path, stage, ranks, data_sets):
+    check_exact_resume(data, tmp_path, ds_json(tmp_path, "ds_configs/cpu_fp32.json", stage), ranks,
+                       extra_sets=data_sets)
 
 
 @pytest.mark.dist

@@ -1,9 +1,12 @@
+import hashlib
+
 import numpy as np
 import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from ds_deblur.data import ClipOptions, SampleKey, SpikeDeblurDataset, read_dat
+from ds_deblur.data import ClipOptions, DatasetError, SampleKey, SpikeDeblurDataset, read_dat
+from ds_deblur.data.representations import SpikeRepr
 from ds_deblur.data.voxel import resample_window, voxelize_dat
 
 K = 4  # voxel bins; both test sets have 8 spike frames per exposure
@@ -114,10 +117,126 @@ def test_upsampled_spikes_of_a_training_crop_equal_the_whole_frame_path(tiny_roo
     ds = SpikeDeblurDataset(tiny_root, "train", options(), training=True)
     for position in range(6):
         key = SampleKey(position, 1, position, False)
-        window, hflip, vflip = ds._augmentation(key, tiny.synth.size)
+        aug = ds._augmentation(key, tiny.synth.size)
         sample = ds[key]
         for t, f in enumerate(sample["meta"]["frames"].tolist()):
             dat = tiny_root / "train" / sample["meta"]["seq"] / "spike" / f"{f:06d}.dat"
             full = voxelize_dat(dat, tiny.synth.spike_size, K)
-            expected = (resample_window(full, tiny.synth.size, window, hflip, vflip) - 0.5) / 2.0
+            expected = (resample_window(full, tiny.synth.size, aug.window, aug.hflip, aug.vflip) - 0.5) / 2.0
             np.testing.assert_array_equal(sample["spike_vox"][t].numpy(), expected)
+
+
+def digest(ds: SpikeDeblurDataset, keys) -> str:
+    h = hashlib.sha256()
+    for key in keys:
+        sample = ds[key]
+        for name in ("blur", "sharp", "spike_vox"):
+            h.update(sample[name].numpy().tobytes())
+        h.update(sample["meta"]["frames"].numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+def test_default_samples_are_those_of_the_voxel_loader_before_the_representations(tiny_root):
+    # Digests of what the loader gave before SPIKE_REPR, ROTATE and RANDOM_REVERSE existed (same crops, flips and
+    # voxels, bit for bit), so that existing runs resume and compare unchanged.
+    train = SpikeDeblurDataset(tiny_root, "train", options(), training=True)
+    assert digest(train, [SampleKey(i % len(train), 2, i, False) for i in range(10)]) == "25f8b11dce653778"
+    val = SpikeDeblurDataset(tiny_root, "val", options(crop_size=None), training=False)
+    assert digest(val, range(len(val))) == "f816ef47658adc1d"
+
+
+def tfp_by_definition(spikes: np.ndarray, bins: int, half_win: int) -> np.ndarray:
+    """S-VRT's TFP (voxelize_spikes_tfp + TFP.spikes2frame): per segment centre, clamped to [hw, T - hw], the
+    float32 mean of the frames [c - hw, c + hw] (cut at the end) x 255, truncated to uint8; then / 255."""
+    t = spikes.shape[0]
+    edges = np.linspace(0, t, bins + 1, dtype=int)
+    centres = [max(half_win, min((a + b) // 2, t - half_win)) for a, b in zip(edges[:-1], edges[1:])]
+    images = [(spikes[c - half_win:c + half_win + 1].astype(np.float32).mean(0) * np.float32(255)).astype(np.uint8)
+              for c in centres]
+    return np.stack(images).astype(np.float32) / 255
+
+
+def raw_by_definition(spikes: np.ndarray, length: int) -> np.ndarray:
+    middle = spikes.shape[0] // 2
+    return spikes[middle - length // 2:middle + length // 2 + 1].astype(np.float32)
+
+
+def expected_on_crop(values: np.ndarray, size, aug) -> np.ndarray:
+    """The whole spike grid's values resized to the RGB size, cropped, flipped and transposed."""
+    out = resample_window(values, size, aug.window, aug.hflip, aug.vflip)
+    return out.swapaxes(-1, -2) if aug.transpose else out
+
+
+SPECS = [(SpikeRepr("tfp", num_bins=K, half_win=1), lambda s: tfp_by_definition(s, K, 1)),
+         (SpikeRepr("tfp", num_bins=2, half_win=3), lambda s: tfp_by_definition(s, 2, 3)),
+         (SpikeRepr("raw_window", window_length=5), lambda s: raw_by_definition(s, 5))]
+
+
+@pytest.mark.parametrize("spec, definition", SPECS, ids=["tfp_b4_hw1", "tfp_b2_hw3", "raw_window_l5"])
+def test_representations_equal_their_definition_on_the_augmented_crop(tiny_root, tiny, spec, definition):
+    # Spikes at half the RGB size: the crop's spike values are upsampled like the voxel's.
+    ds = SpikeDeblurDataset(tiny_root, "train", options(spike_repr=spec, mean=0.0, std=1.0, rotate=True,
+                                                        random_reverse=True), training=True)
+    assert "computed on the fly" in ds.describe_sources()
+    for position in range(6):
+        key = SampleKey(position, 1, position, False)
+        aug, sample = ds._augmentation(key, tiny.synth.size), ds[key]
+        assert sample["spike_vox"].shape == (3, spec.leading_shape[0], 16, 16)
+        for t, f in enumerate(sample["meta"]["frames"].tolist()):
+            spikes = read_dat(tiny_root / "train" / sample["meta"]["seq"] / "spike" / f"{f:06d}.dat",
+                              tiny.synth.spike_size)
+            expected = expected_on_crop(definition(spikes), tiny.synth.size, aug)
+            np.testing.assert_array_equal(sample["spike_vox"][t].numpy(), expected)
+
+
+def test_artifacts_are_read_when_their_folder_exists(tiny_copy, tiny, capsys):
+    # Artifacts that differ from the .dat (inverted TFP images) show that the loader reads them, not the stream.
+    spec = SpikeRepr("tfp", num_bins=K, half_win=1)
+    for spike_dir in sorted(tiny_copy.glob("*/*/spike")):
+        (spike_dir.parent / spec.dir_name).mkdir()
+        for dat in spike_dir.glob("*.dat"):
+            images = tfp_by_definition(read_dat(dat, tiny.synth.spike_size), K, 1)
+            np.save(spike_dir.parent / spec.dir_name / f"{dat.stem}.npy", (255 - images * 255).round().astype(np.uint8))
+    ds = SpikeDeblurDataset(tiny_copy, "val", options(spike_repr=spec, mean=0.0, std=1.0), training=False)
+    assert "from precomputed tfp_b4_hw1/ artifacts" in ds.describe_sources()
+    sample = ds[0]
+    spikes = read_dat(tiny_copy / "val/seq_000/spike/000001.dat", tiny.synth.spike_size)
+    inverted = (255 - (tfp_by_definition(spikes, K, 1) * 255).round()).astype(np.float32) / 255
+    np.testing.assert_array_equal(sample["spike_vox"][1].numpy(),
+                                  resample_window(inverted, tiny.synth.size, (0, 0, *tiny.synth.size)))
+    next(tiny_copy.glob("val/*/tfp_b4_hw1/000002.npy")).unlink()
+    with pytest.raises(DatasetError, match="missing spike artifact .*000002.npy"):
+        ds[0]
+
+
+def test_flow_spike_is_svrt_encoding25_per_frame(tiny_root, tiny):
+    # 8 spike frames per exposure: one 25-frame window, padded with the edge frames (S-VRT's short policy).
+    flow = SpikeRepr("encoding25", subframes=1)
+    ds = SpikeDeblurDataset(tiny_root, "val", options(flow_spike=flow), training=False)
+    sample = ds[0]
+    assert sample["flow_spike"].shape == (3, 25, *tiny.synth.size) and sample["flow_spike"].dtype == torch.float32
+    spikes = read_dat(tiny_root / "val/seq_000/spike/000002.dat", tiny.synth.spike_size)
+    padded = np.concatenate([spikes[:1]] * 8 + [spikes] + [spikes[-1:]] * 9).astype(np.float32)
+    np.testing.assert_array_equal(sample["flow_spike"][2].numpy(),
+                                  resample_window(padded, tiny.synth.size, (0, 0, *tiny.synth.size)))
+    with pytest.raises(DatasetError, match="fewer than the 25 of an encoding25 window"):
+        SpikeDeblurDataset(tiny_root, "val", options(flow_spike=SpikeRepr("encoding25", subframes=2)), training=False)
+
+
+def test_too_short_streams_fail_at_construction_naming_a_stream(tiny_root):
+    with pytest.raises(DatasetError, match=r"spike/\d+\.dat: 8 spike frames are too few for TFP with half window 4"):
+        SpikeDeblurDataset(tiny_root, "train", options(spike_repr=SpikeRepr("tfp", num_bins=K, half_win=4)),
+                           training=True)
+
+
+@pytest.mark.parametrize("spec", [None, SPECS[0][0], SPECS[2][0]], ids=["voxel", "tfp", "raw_window"])
+def test_inference_reads_the_spike_input_of_validation(tiny_root, tiny, spec):
+    from ds_deblur.data.roots import LayoutOptions
+    from ds_deblur.inference.pipeline import SpikeInput, find_sequences, load_frame, open_sequence
+    ds = SpikeDeblurDataset(tiny_root, "val", options(spike_repr=spec), training=False)
+    spike = SpikeInput(tiny.synth.spike_size, K, 0.5, 2.0, spec)
+    dirs, _ = find_sequences(LayoutOptions(), tiny_root, "val")
+    seq = open_sequence(dirs[0], spike)
+    sample = ds[0]
+    for t in range(3):
+        np.testing.assert_array_equal(load_frame(seq, t, spike)[1].numpy(), sample["spike_vox"][t].numpy())

@@ -1,5 +1,6 @@
 """The GoPro spike release's layout as downloaded, beside the unified one: the same data must read the same, every
-bad-data error names the file in the release's folders, and the tools (check, prepare) work on both."""
+bad-data error names the file in the release's folders, and the tools (check, prepare) work on both. S-VRT's
+layouts: test_svrt_layout.py."""
 import shutil
 from pathlib import Path
 
@@ -141,9 +142,10 @@ def test_a_release_sequence_given_alone_finds_its_spikes(gopro_root, tiny_root):
     assert seq.spikes == seq.frames == tiny_root / "val" / "seq_000" and not layout.release
 
 
-def check(capsys, root, *args):
-    """``ds-deblur check`` in this process: (exit status, printed text)."""
-    status = check_main([str(root), "--k", "4", "--clip-len", "3", *map(str, args)])
+def check(capsys, *args):
+    """``ds-deblur check ARGS`` (the dataset root, or the separate roots' options, first) in this process: (exit
+    status, printed text)."""
+    status = check_main([*map(str, args), "--k", "4", "--clip-len", "3"])
     return status, capsys.readouterr().out
 
 

@@ -92,3 +92,35 @@ def test_seed_worker_is_deterministic_per_worker():
         return random.random(), np.random.rand(), torch.rand(1).item()
     assert draw(0) == draw(0)
     assert draw(0) != draw(1) and draw(0) != draw(0, rank=1)
+
+
+REPR_CONFIGS = [({"SPIKE_REPR": "tfp", "TFP_HALF_WIN_LENGTH": 2}, 4),
+                ({"SPIKE_REPR": "raw_window", "RAW_WINDOW_LENGTH": 5, "FLOW_SPIKE": "encoding25"}, 5)]
+
+
+@pytest.mark.parametrize("data, channels", REPR_CONFIGS, ids=["tfp", "raw_window+encoding25"])
+def test_representations_augmented_through_the_loader_and_the_model_width(tiny_root, make_cfg, capsys, data,
+                                                                          channels):
+    from ds_deblur.models import build_model
+    cfg = make_cfg(tiny_root, {**data, "ROTATE": True, "RANDOM_REVERSE": True, "CROP_SIZE": [16, 16]},
+                   MODEL={"PRESET": "tiny"})
+    train, val = build_dataloaders(cfg)
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("[data]")]
+    assert len(lines) == 2 and "computed on the fly" in lines[0] and lines[1].startswith("[data] val ")
+    assert train.dataset.options.mean == 0.0 and train.dataset.options.std == 1.0  # no voxel statistics
+    batch = next(iter(train))
+    assert batch["spike_vox"].shape == (2, 3, channels, 16, 16) == (2, 3, cfg.DATA.spike_channels, 16, 16)
+    assert ("flow_spike" in batch) == ("FLOW_SPIKE" in data)
+    if "FLOW_SPIKE" in data:
+        assert batch["flow_spike"].shape == (2, 3, 25, 16, 16)
+    assert build_model(cfg).spike_encoder.in_proj.in_channels == channels
+    resumed = build_dataloaders(cfg)[0]
+    resumed.load_state_dict({**train.state_dict(), "position": 0})
+    assert_same_batches([batch], [next(iter(resumed))])
+
+
+def test_rectangular_crop_batches(tiny_root, make_cfg):
+    train, _ = build_dataloaders(make_cfg(tiny_root, {"NORM": {"MEAN": 0.2, "STD": 0.5}, "CROP_SIZE": [16, 24],
+                                                      "VFLIP": True}))
+    batch = next(iter(train))
+    assert batch["blur"].shape == (2, 3, 3, 16, 24) and batch["spike_vox"].shape == (2, 3, 4, 16, 24)

@@ -16,10 +16,12 @@ import torch
 from numpy.lib.stride_tricks import sliding_window_view
 from PIL import Image
 
+from ds_deblur.data.frame_store import lmdb_path
 from ds_deblur.data.synth import SynthConfig, generate
 from ds_deblur.errors import InferenceError
 from ds_deblur.inference.cli import Tiling, main, parse_tiling
 from ds_deblur.metrics import psnr, psnr_y, ssim_y
+from support.kair_lmdb import write_kair_lmdb
 from support.train_utils import REPO, SYNTH, output_of, run_train
 
 FOOTAGE = SynthConfig.first_generator(seed=9, train_seqs=1, val_seqs=2, frames=7, size=(72, 100), spike_size=(64, 64),
@@ -194,6 +196,27 @@ def test_release_layout_and_the_published_protocol_on_the_written_frames(trained
     assert report["mean"]["psnr_rgb"] == pytest.approx(np.mean([f["psnr_rgb"] for f in report["frames"]]))
     printed = capsys.readouterr().out
     assert "published protocol" in printed and "GOPR0473_00_00" in printed and "average" in printed
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("backend", ["disk", "lmdb"])
+def test_svrt_layout_gives_the_frames_of_the_unified_layout(trained, footage, tmp_path, backend):
+    # The same synthetic footage written in S-VRT's README layout (frames also as KAIR LMDBs): inference reads the
+    # test split there and restores the same pixels as from the unified layout's val split.
+    root = generate(tmp_path / "svrt", FOOTAGE, layout="svrt")
+    extra = []
+    if backend == "lmdb":
+        for folder in root.glob("GOPRO_Large/test_GT*"):
+            write_kair_lmdb(folder, lmdb_path(folder))
+            shutil.rmtree(folder)
+        extra = ["--io-backend", "lmdb"]
+    assert infer(trained / "ckpts/last.pth", tmp_path / "unified", "--root", footage, "--split", "val") == 0
+    assert infer(trained / "ckpts/last.pth", tmp_path / "svrt_out", "--root", root, "--split", "val", *extra) == 0
+    unified = [pngs(d) for d in sorted((tmp_path / "unified").iterdir()) if d.is_dir()]
+    svrt = [pngs(d) for d in sorted((tmp_path / "svrt_out").iterdir()) if d.is_dir()]
+    assert len(svrt) == len(unified) == 2
+    for ours, theirs in zip(svrt, unified):
+        assert len(ours) == len(theirs) and all(np.array_equal(a, b) for a, b in zip(ours.values(), theirs.values()))
 
 
 @pytest.mark.slow
