@@ -27,6 +27,8 @@ def check_exact_resume(data, tmp_path, config: str, ranks: int, env=None, val_ev
     straight, pieces = tmp_path / "straight", tmp_path / "pieces"
     proc = run_train(data, straight, config, sets, ranks=ranks, env=env)
     assert proc.returncode == 0, output_of(proc)
+    spike_repr = dict(item.split("=", 1) for item in sets).get("DATA.SPIKE_REPR", "voxel")
+    assert f"[data] train spike input: {spike_repr}" in proc.stdout, output_of(proc)
     proc = run_train(data, pieces, config, sets, ranks=ranks, extra=["--stop-at-step", "3"], env=env)
     assert proc.returncode == 0, output_of(proc)
     assert [r["step"] for r in read_train_log(pieces)] == [1, 2, 3]

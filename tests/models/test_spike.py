@@ -19,7 +19,7 @@ def test_encoder_scales_match_vrt_stages_and_keep_time():
 
 def test_encoder_rejects_wrong_bin_count():
     enc = SpikeEncoder3D(in_bins=8, channels_per_scale=[4] * 4)
-    with pytest.raises(ValueError, match="K=8"):
+    with pytest.raises(ValueError, match=r"C=8.*got \(1, 2, 5, 8, 8\)"):
         enc(torch.randn(1, 2, 5, 8, 8))
 
 
