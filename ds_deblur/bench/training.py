@@ -59,7 +59,7 @@ def run(args: argparse.Namespace, work: Path) -> dict:
     batch = cfg.TRAIN.BATCH_SIZE * args.ranks
     return {"settings": {"config": args.config, "sets": sets, "ranks": args.ranks, "rounds": args.rounds,
                          "steps": args.steps, "warmup": args.warmup, "precision": "fp16" if cuda else "fp32",
-                         "global_batch": batch, "clip_len": cfg.DATA.CLIP_LEN, "crop": crop,
+                         "global_batch": batch, "clip_len": cfg.DATA.CLIP_LEN, "crop": cfg.DATA.CROP_SIZE,
                          "preset": cfg.MODEL.PRESET},
             "runs": runs, "summary": _summarize(runs, variants, batch)}
 
