@@ -37,11 +37,13 @@ def validate(engine: Any, loader: Any, multiple: int, tile: Optional[int], overl
     sums = MetricSums(device=torch.device("cpu"))
     visual = None
 
-    def forward(blur: torch.Tensor, spike: torch.Tensor) -> torch.Tensor:
-        return engine(blur.to(device, dtype), spike.to(device, dtype))
+    def forward(blur: torch.Tensor, spike: torch.Tensor, flow_spike: Optional[torch.Tensor]) -> torch.Tensor:
+        flow_spike = None if flow_spike is None else flow_spike.to(device, dtype)
+        return engine(blur.to(device, dtype), spike.to(device, dtype), flow_spike)
 
     for batch in loader:
-        restored = restore(forward, batch["blur"], batch["spike_vox"], multiple, tile, overlap).cpu()
+        restored = restore(forward, batch["blur"], batch["spike_vox"], multiple, tile, overlap,
+                           batch.get("flow_spike")).cpu()
         keep = scored_frames(batch)
         if keep.any():
             sums.update(restored[keep], batch["sharp"][keep])

@@ -43,9 +43,11 @@ EXIT_DIVERGED = 3
 def parse_args(argv: Optional[list] = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="ds_deblur/train.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", required=True, help="experiment YAML (ds_configs/tiny_synth.yaml, ...)")
+    parser.add_argument("--config", required=True, help="experiment YAML (ds_configs/tiny_synth.yaml, ...) or an "
+                                                         "S-VRT option file (options/*.json, docs/svrt.md)")
     parser.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
-                        help="override a config key (repeatable), e.g. --set TRAIN.OPTIM.LR=2e-4")
+                        help="override a config key (repeatable), e.g. --set TRAIN.OPTIM.LR=2e-4; for an S-VRT "
+                             "option file also its own keys, e.g. --set netG.fusion.operator=gated")
     parser.add_argument("--resume", default=None, metavar="auto|CKPT_DIR|CKPT_DIR/TAG|FILE.pth",
                         help="continue a run: 'auto' = newest complete checkpoint under LOG.SAVE_DIR/ckpts (or a "
                              "fresh start), a checkpoint dir (its 'latest'), a tag, or a last.pth/best.pth")
@@ -200,7 +202,9 @@ class Trainer:
         blur = batch["blur"].to(device, dtype, non_blocking=True)
         spike = batch["spike_vox"].to(device, dtype, non_blocking=True)
         sharp = batch["sharp"].to(device, non_blocking=True)
-        loss, parts = self.faults.around(self.state.step + 1, self._forward_loss)(blur, spike, sharp)
+        flow = batch.get("flow_spike")  # SCFlow's input, when DATA.FLOW_SPIKE asks for it
+        flow = None if flow is None else flow.to(device, dtype, non_blocking=True)
+        loss, parts = self.faults.around(self.state.step + 1, self._forward_loss)(blur, spike, sharp, flow)
         # Agree on a bad micro-batch before backward: its non-finite gradients then make DeepSpeed discard the
         # whole step on every rank (its overflow check reduces over ranks); we count and log it.
         self.stats.nonfinite |= distributed.any_rank(not bool(torch.isfinite(loss.detach())))
@@ -209,8 +213,9 @@ class Trainer:
         self.stats.add(float(loss.detach()), parts, self.cfg.TRAIN.GRADIENT_ACCUMULATION_STEPS, waited)
         return boundary
 
-    def _forward_loss(self, blur: torch.Tensor, spike: torch.Tensor, sharp: torch.Tensor) -> tuple:
-        return self.loss_fn(self.engine(blur, spike).float(), sharp)
+    def _forward_loss(self, blur: torch.Tensor, spike: torch.Tensor, sharp: torch.Tensor,
+                      flow_spike: Optional[torch.Tensor]) -> tuple:
+        return self.loss_fn(self.engine(blur, spike, flow_spike).float(), sharp)
 
     def _end_step(self) -> None:
         """After an optimizer step: log it, validate, save; raises RunEnded when the run stops here."""

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from ds_deblur.config.schema import fixed_on_resume
+from ds_deblur.config.schema import fixed_on_resume, walk
 from ds_deblur.errors import CheckpointError
 
 # Keys that shape the model, its inputs or the optimizer's parameter groups: a resumed run must keep them (the
 # weights and the saved optimizer state would not fit otherwise). The schema declares them (fixed_on_resume).
 FIXED_KEYS = fixed_on_resume()
+KEYS = {name for name, _, _ in walk()}  # a key whose value is a mapping (MODEL.NETG) compares as one value
 # What a change of these means for the resumed run.
 CHANGE_NOTES = {
     "TRAIN.BATCH_SIZE": "the remaining samples of the epoch are grouped into different batches",
@@ -29,7 +30,7 @@ CHANGE_NOTES = {
 def _flatten(data: dict, prefix: str = "") -> dict:
     flat = {}
     for key, value in data.items():
-        if isinstance(value, dict):
+        if isinstance(value, dict) and f"{prefix}{key}" not in KEYS:
             flat.update(_flatten(value, f"{prefix}{key}."))
         else:
             flat[f"{prefix}{key}"] = value

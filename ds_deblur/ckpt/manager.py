@@ -31,7 +31,7 @@ from ds_deblur.ckpt.state import TrainState, client_state
 from ds_deblur.ckpt.tag_io import load_single, load_tag, load_tag_ema, save_tag
 from ds_deblur.ckpt.tags import (BEST, Location, newest_complete, read_latest, resolve, saved_world_size, step_tag,
                                  tag_problem)
-from ds_deblur.ckpt.weights import load_state_dict_strict, load_weights
+from ds_deblur.ckpt.weights import load_state_dict_strict, load_weights, read_weights
 from ds_deblur.config import Config, canonical_dict
 from ds_deblur.errors import CheckpointError, ConfigError, DsDeblurError
 from ds_deblur.zero.ema import ShardedEMA
@@ -84,6 +84,7 @@ class CheckpointManager:
         self._complete: Optional[Callable[[Any], dict]] = None  # the restore step that needs the engine
         self._reset_optimizer = False
         self._source: Optional[Path] = None  # what is being restored
+        self._init_ema: Optional[str] = None  # MODEL.INIT_EMA_WEIGHTS of a new run
         main = distributed.is_main() and options.export_single_file
         self.exporter = BackgroundExporter(self.dir, say) if main else None
 
@@ -99,9 +100,12 @@ class CheckpointManager:
         if args.reset_optimizer and not resume:
             raise ConfigError("--reset-optimizer only makes sense when resuming (--resume, or "
                               "TRAIN.RESUME_FROM_CHECKPOINT: true)")
-        if args.init_weights:
-            what = load_weights(model, args.init_weights)
-            self.say(f"[train] Initialised weights from {args.init_weights} ({what}); new run from step 0")
+        if args.init_weights or (self.cfg.MODEL.INIT_WEIGHTS and not resume):
+            init = args.init_weights or self.cfg.MODEL.INIT_WEIGHTS
+            what = load_weights(model, init)
+            self.say(f"[train] Initialised weights from {init} ({what}); new run from step 0")
+            if not args.init_weights:  # --init-weights starts from its file alone, EMA included
+                self._init_ema = self.cfg.MODEL.INIT_EMA_WEIGHTS
             return
         if not resume:
             return
@@ -128,7 +132,12 @@ class CheckpointManager:
         return Location("file", self.dir / LAST_FILE) if (self.dir / LAST_FILE).is_file() else None
 
     def _prepare_single_file(self, single: dict, model: torch.nn.Module) -> None:
-        if single["config"] is None:
+        if single["meta"].get("format") == "svrt":
+            self.say(f"[train] S-VRT weights of iteration {single['step']}"
+                     f"{' with its EMA weights' if single.get('state_dict_ema') is not None else ''}: they hold no "
+                     f"optimizer state, so the Adam moments start afresh and the LR schedule is stepped to "
+                     f"{single['step']}; the weights load strictly")
+        elif single["config"] is None:
             self.say("[train] A checkpoint of the original S-VRT trainer: it stores no config, so this run's config "
                      "must describe the same model (as the original's guide asks); the weights load strictly")
         else:
@@ -175,6 +184,9 @@ class CheckpointManager:
         continue from."""
         self.engine, self.ema = engine, ema
         if self._complete is None:
+            if self._init_ema and ema is not None:
+                ema.load_full(read_weights(self._init_ema).state_dict)
+                self.say(f"[train] EMA weights initialised from {self._init_ema} (MODEL.INIT_EMA_WEIGHTS)")
             return TrainState()
         saved = self._complete(engine)
         if ema is not None and not saved.get("ema_restored"):

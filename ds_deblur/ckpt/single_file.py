@@ -26,6 +26,7 @@ anything runs.
 from __future__ import annotations
 
 import pickle
+import re
 import zipfile
 from pathlib import Path
 from typing import Any, Union
@@ -38,6 +39,8 @@ from ds_deblur.errors import CheckpointFormatError, CheckpointNotFoundError
 from ds_deblur.zero.ema import ema_file, read_ema_file
 
 FORMAT = 1
+# S-VRT's own weights files (KAIR's save_network): {iter}_G.pth, {iter}_E.pth (EMA), {iter}_G_merged.pth (LoRA folded).
+SVRT_WEIGHTS = re.compile(r"^(?P<iter>\d+)_(?P<net>G|E|G_merged)\.pth$")
 KEYS = ("step", "epoch", "best_psnr", "state_dict", "optimizer", "scheduler", "scaler", "config", "meta")
 PathLike = Union[str, Path]
 
@@ -106,6 +109,8 @@ def load_single_file(path: PathLike) -> dict:
     ckpt = read_weights_only(path)
     if is_original(ckpt):
         return from_original(ckpt, path)
+    if is_svrt_weights(Path(path), ckpt):
+        return from_svrt_weights(Path(path), ckpt)
     if not is_single_file(ckpt):
         found = sorted(map(str, ckpt)) if isinstance(ckpt, dict) else type(ckpt).__name__
         raise CheckpointFormatError(
@@ -116,6 +121,24 @@ def load_single_file(path: PathLike) -> dict:
         raise CheckpointFormatError(f"{path} has single-file format {ckpt['meta'].get('format')!r}; this ds_deblur "
                                     f"reads format {FORMAT}")
     return {**ckpt, "state_dict": model_keys(ckpt["state_dict"], path)}
+
+
+def is_svrt_weights(path: Path, obj: Any) -> bool:
+    """An S-VRT weights file: named ``{iter}_G.pth`` (``_E``, ``_G_merged``), a flat dict of tensors."""
+    return bool(SVRT_WEIGHTS.match(path.name)) and isinstance(obj, dict) and bool(obj) \
+        and all(torch.is_tensor(v) for v in obj.values())
+
+
+def from_svrt_weights(path: Path, weights: dict) -> dict:
+    """``--resume ITER_G.pth``: S-VRT's weights at iteration ITER in our layout, with its ``ITER_E.pth`` beside it
+    as the EMA weights when there is one. It holds no optimizer or schedule state: the Adam moments start afresh
+    and the schedule is stepped to ITER."""
+    step = int(SVRT_WEIGHTS.match(path.name)["iter"])
+    ema_path = path.with_name(f"{step}_E.pth")
+    ema = model_keys(read_weights_only(ema_path), ema_path) if ema_path.is_file() and ema_path != path else None
+    return {"step": step, "epoch": 0, "best_psnr": float("-inf"), "state_dict": model_keys(weights, path),
+            "optimizer": None, "scheduler": None, "scaler": None, "config": None, "state_dict_ema": ema,
+            "meta": {"format": "svrt", "world_size": None, "data": None, "best_step": 0, "loss_scaler": None}}
 
 
 def single_file_step(path: Path) -> Any:

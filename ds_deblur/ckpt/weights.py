@@ -94,9 +94,17 @@ def _wants_ema(ema: Optional[bool], config: Optional[dict], available: bool, pat
 
 
 def load_into(model: torch.nn.Module, weights: Weights, path: PathLike) -> None:
-    """Load strictly: every key of the model (``model.vrt`` for an official VRT file) must be in the weights."""
-    target = getattr(model, "vrt", model) if weights.backbone_only else model
-    load_state_dict_strict(target, weights.state_dict, f"{path} ({weights.what})")
+    """Load strictly: every key of the model (of its VRT backbone for an official VRT file: ``model.vrt``, or
+    S-VRT's network's own backbone keys) must be in the weights."""
+    target, state = model, weights.state_dict
+    if weights.backbone_only and hasattr(model, "with_backbone"):
+        try:
+            state = model.with_backbone(state)
+        except ValueError as err:
+            raise CheckpointFormatError(f"{path} ({weights.what}): {err}") from None
+    elif weights.backbone_only:
+        target = getattr(model, "vrt", model)
+    load_state_dict_strict(target, state, f"{path} ({weights.what})")
 
 
 def load_state_dict_strict(module: torch.nn.Module, state_dict: dict, source: object) -> None:

@@ -1,6 +1,6 @@
-"""Reading configs: YAML files, dicts and checkpoints' stored configs, ``--set SECTION.KEY=VALUE`` overrides,
-coercion to the schema's types, and writing the resolved config back. Any problem is a ``ConfigError`` naming the
-key as the user spelled it."""
+"""Reading configs: YAML files, S-VRT's option files (``kair``), dicts and checkpoints' stored configs, ``--set
+SECTION.KEY=VALUE`` overrides, coercion to the schema's types, and writing the resolved config back. Any problem is a
+``ConfigError`` naming the key as the user spelled it."""
 from __future__ import annotations
 
 import difflib
@@ -11,7 +11,7 @@ from typing import Any, Iterable, Optional, Union, get_args, get_origin, get_typ
 
 import yaml
 
-from ds_deblur.config import legacy
+from ds_deblur.config import kair, legacy
 from ds_deblur.config.checks import validate
 from ds_deblur.config.raw import deep_copy, set_path
 from ds_deblur.config.schema import RECORD_KEY, Config, follow_defaults
@@ -19,13 +19,17 @@ from ds_deblur.errors import ConfigError
 
 
 def load_config(source: Union[str, Path, dict, Config], overrides: Iterable[str] = ()) -> Config:
-    """Read a YAML file or a dict in the schema's (or the original trainer's) spelling, apply ``SECTION.KEY=VALUE``
-    overrides, validate and return the config."""
+    """Read a YAML file or a dict in the schema's (or the original trainer's) spelling, or an S-VRT option file
+    (``.json``, or a dict with ``netG``), apply ``SECTION.KEY=VALUE`` overrides, validate and return the config."""
     if isinstance(source, Config):
         source = source.to_dict()
-    raw = _read_yaml(Path(source)) if isinstance(source, (str, Path)) else deep_copy(source)
-    raw.pop(RECORD_KEY, None)
-    spelled = legacy.translate(raw)
+    if kair.is_option_source(source):
+        raw, spelled, overrides = _read_options(source, overrides)
+        origin = f"{kair.describe(source)}: "
+    else:
+        raw = _read_yaml(Path(source)) if isinstance(source, (str, Path)) else deep_copy(source)
+        raw.pop(RECORD_KEY, None)
+        spelled, origin = legacy.translate(raw), ""
     _apply_overrides(raw, overrides, spelled)
     _resolve_length(raw)
     try:
@@ -33,7 +37,7 @@ def load_config(source: Union[str, Path, dict, Config], overrides: Iterable[str]
         follow_defaults(cfg)
         validate(cfg)
     except ConfigError as err:
-        raise _respelled(err, spelled) from None
+        raise _respelled(err, spelled, origin) from None
     return cfg
 
 
@@ -69,6 +73,33 @@ def save_config(cfg: Config, path: Union[str, Path], deepspeed: Optional[dict] =
         data[RECORD_KEY] = deepspeed
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     Path(path).write_text(yaml.safe_dump(data, sort_keys=False))
+
+
+def _read_options(source: Union[str, Path, dict], overrides: Iterable[str]) -> tuple[dict, dict[str, str], list[str]]:
+    """An S-VRT option file mapped onto the schema: the raw config, our key -> the option it came from, and our own
+    overrides, still to apply. Overrides of S-VRT options (``netG.fusion.operator=gated``, ``train.total_iter=10``)
+    change the options before they are mapped; ours (``TRAIN.TOTAL_STEPS=10``) apply after, and win: the options
+    that would set the same keys are not mapped."""
+    origin = kair.describe(source)
+    options = kair.read_option_file(Path(source)) if isinstance(source, (str, Path)) else deep_copy(source)
+    theirs, ours, given = [], [], []
+    for item in overrides:
+        key, value = parse_override(item)
+        if kair.is_option_key(key, options):
+            theirs.append((key, value))
+        else:
+            ours.append(item)
+            given.append(_canonical(key))
+    kair.apply_overrides(options, theirs)
+    mapped = kair.to_config(options, origin, given)
+    kair.warn_ignored(origin, mapped.ignored)
+    return mapped.raw, mapped.spelled, ours
+
+
+def _canonical(key: str) -> str:
+    """The schema's name of a --set key (the original trainer's other spellings included)."""
+    spelling = legacy.SPELLINGS.get(key)
+    return spelling.key if spelling else key
 
 
 def _read_yaml(path: Path) -> dict:
@@ -113,12 +144,13 @@ def _resolve_length(raw: dict) -> None:
         train["TOTAL_STEPS"] = None
 
 
-def _respelled(err: ConfigError, spelled: dict[str, str]) -> ConfigError:
-    """The error naming the key as the user wrote it (another spelling), with the canonical name beside it."""
+def _respelled(err: ConfigError, spelled: dict[str, str], origin: str = "") -> ConfigError:
+    """The error naming the key as the user wrote it (another spelling; ``origin``: the file that spells it so),
+    with the canonical name beside it."""
     message = str(err)
     for key, other in spelled.items():
         if re.match(re.escape(key) + r"(?![A-Za-z0-9_])", message):
-            return ConfigError(f"{other}{message[len(key):]} ({other} is read as {key})")
+            return ConfigError(f"{origin}{other}{message[len(key):]} ({other} is read as {key})")
     return err
 
 
@@ -189,4 +221,8 @@ def _coerce(value: Any, hint: Any, key: str) -> Any:
         if not isinstance(value, str):
             raise ConfigError(f"{key} must be a string, got {value!r}")
         return value
+    if hint is dict:  # options kept verbatim for another reader (MODEL.NETG)
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key} must be a mapping, got {value!r}")
+        return deep_copy(value)
     raise ConfigError(f"{key}: unsupported type {hint}")  # a schema bug, not a user error

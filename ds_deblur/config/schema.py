@@ -85,6 +85,10 @@ class DataConfig:
                              fixed_on_resume=True, ge=1)
     FLOW_SPIKE_SUBFRAMES: int = key(1, "FLOW_SPIKE encoding25: windows per exposure (S-VRT's subframes)",
                                     fixed_on_resume=True, ge=1)
+    FLOW_SPIKE_POLICY: str = key("mean_windows", "FLOW_SPIKE encoding25 with several windows per exposure: SCFlow "
+                                                 "runs on their mean (mean_windows) or chains the flows between "
+                                                 "them (compose_subframes; S-VRT's spike_flow.collapse_policy)",
+                                 fixed_on_resume=True, choices=("mean_windows", "compose_subframes"))
     SPIKE_SIZE: Optional[list[int]] = key(None, "spike sensor [H, W]; null = ROOT/meta.yaml or the release's "
                                                 "config.yaml", fixed_on_resume=True, length=2, gt=0, why="[H, W]")
     USE_PRECOMPUTED_VOXELS: bool = key(False, "read SEQ/spike_vox/*.npy (ds_deblur.data.prepare) instead of .dat")
@@ -169,6 +173,12 @@ class ModelConfig:
     PRESET: str = key("base", f"model preset: one of {', '.join(MODEL_PRESETS)}", fixed_on_resume=True,
                       choices=MODEL_PRESETS)
     USE_SPIKE: bool = key(True, "fuse the spike branch; false = plain VRT (ablation)", fixed_on_resume=True)
+    NETG: Optional[dict] = key(None, "S-VRT's netG options (from an S-VRT option file): selects S-VRT's network "
+                                     "family; null = MODEL.PRESET's model", fixed_on_resume=True)
+    INIT_WEIGHTS: Optional[str] = key(None, "a local weights file the model starts from in a new run (S-VRT's "
+                                            "path.pretrained_netG); --init-weights wins")
+    INIT_EMA_WEIGHTS: Optional[str] = key(None, "a local weights file the EMA weights start from in a new run "
+                                                "(S-VRT's path.pretrained_netE); null = INIT_WEIGHTS")
     IDENTITY_INIT: Optional[bool] = key(None, "start as the identity (zero last conv: output = blurry input); "
                                               "null = the preset's (tiny: true, others: false, VRT's own init)")
     VRT_CFG: Optional[str] = key(None, "a VRT options YAML (KAIR style, netG section): its img_size and "

@@ -38,8 +38,8 @@ from tqdm import tqdm
 from ds_deblur.ckpt.weights import read_weights
 from ds_deblur.data.roots import LayoutOptions, add_location_arguments
 from ds_deblur.errors import DsDeblurError, InferenceError
-from ds_deblur.inference.pipeline import (Sequence, SpikeInput, build_from, find_sequences, load_frame, open_sequence,
-                                          read_frame, restore_sequence, spike_input)
+from ds_deblur.inference.pipeline import (Frame, Sequence, SpikeInput, build_from, find_sequences, load_frame,
+                                          open_sequence, read_frame, restore_sequence, spike_input)
 from ds_deblur.inference.tiling import restore
 from ds_deblur.metrics import PROTOCOL_NAMES, protocol_scores, sequence_means
 
@@ -159,18 +159,21 @@ def run(args: argparse.Namespace, tiling: Tiling = Tiling()) -> dict:
                       lq_root=args.lq_root, meta_info_file=args.meta_info_file, meta_info_split=args.split,
                       io_backend=args.io_backend)
     dirs, data = find_sequences(options, args.root, args.split, tuple(args.input or ()))
-    spike = spike_input(cfg, ckpt.spike, data, args.spike_mean, args.spike_std)
+    spike = spike_input(cfg, ckpt.spike, data, args.spike_mean, args.spike_std,
+                        needs_flow=getattr(model, "needs_flow_spike", False))
     sequences = [open_sequence(d, spike, options) for d in dirs]  # every folder checked before the first frame runs
     device, dtype = torch.device(args.device), DTYPES[args.precision]
     model.to(device, dtype)
     clock = Clock(device)
 
     @torch.no_grad()
-    def forward(blur: torch.Tensor, vox: torch.Tensor) -> torch.Tensor:
+    def forward(blur: torch.Tensor, vox: torch.Tensor, flow_spike: Optional[torch.Tensor]) -> torch.Tensor:
         with clock:
-            def run_model(b: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
-                return model(b.to(device, dtype), s.to(device, dtype))
-            return restore(run_model, blur[None], vox[None], model.size_multiple, tiling.tile, tiling.overlap)[0].cpu()
+            def run_model(b: torch.Tensor, s: torch.Tensor, f: Optional[torch.Tensor]) -> torch.Tensor:
+                return model(b.to(device, dtype), s.to(device, dtype), None if f is None else f.to(device, dtype))
+            flow = None if flow_spike is None else flow_spike[None]
+            return restore(run_model, blur[None], vox[None], model.size_multiple, tiling.tile, tiling.overlap,
+                           flow)[0].cpu()
 
     clip_len = tiling.clip_len if tiling.clip_len is not None else cfg.DATA.CLIP_LEN
     if cfg.TEST.BATCH_SIZE != 1:
@@ -267,7 +270,7 @@ class FramePrefetcher:
         self.ahead = ahead
         self.pending: dict[tuple[str, int], Future] = {}
 
-    def __call__(self, seq: Sequence, i: int, spike: SpikeInput) -> tuple[torch.Tensor, torch.Tensor]:
+    def __call__(self, seq: Sequence, i: int, spike: SpikeInput) -> Frame:
         if self.pool is None:
             return load_frame(seq, i, spike)
         for j in range(i, min(i + self.ahead, len(seq.frames))):

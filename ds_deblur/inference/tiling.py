@@ -7,7 +7,7 @@ from typing import Callable, Optional, Union
 import torch
 import torch.nn.functional as F
 
-Forward = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+Forward = Callable[[torch.Tensor, torch.Tensor, Optional[torch.Tensor]], torch.Tensor]  # (blur, spike, flow_spike)
 Size = Union[int, tuple[int, int]]  # square, or (height, width)
 
 
@@ -43,17 +43,19 @@ def _pair(size: Size) -> tuple[int, int]:
 
 
 def restore(forward: Forward, blur: torch.Tensor, spike: torch.Tensor, multiple: int,
-            tile: Optional[Size] = None, overlap: Size = 32) -> torch.Tensor:
-    """Deblur (B,T,3,H,W) with spikes (B,T,K,H,W) -> (B,T,3,H,W) in float32.
+            tile: Optional[Size] = None, overlap: Size = 32, flow_spike: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """Deblur (B,T,3,H,W) with spikes (B,T,K,H,W) (and SCFlow's ``flow_spike`` (B,N,25,H,W) when the model takes it)
+    -> (B,T,3,H,W) in float32.
 
     ``tile=None`` runs whole frames (padded). Otherwise tiles of ``tile`` pixels (square, or (height, width); each
     a multiple of ``multiple``) overlapping by ``overlap`` (likewise) run one at a time, so activation memory
     depends on the tile, not the frame. A tile at least as large as the padded frame runs it whole."""
     h, w = blur.shape[-2:]
     blur_p, spike_p = pad_to_multiple(blur, multiple), pad_to_multiple(spike, multiple)
+    flow_p = None if flow_spike is None else pad_to_multiple(flow_spike, multiple)
     hp, wp = blur_p.shape[-2:]
     if tile is None or (_pair(tile)[0] >= hp and _pair(tile)[1] >= wp):
-        return forward(blur_p, spike_p).float()[..., :h, :w]
+        return forward(blur_p, spike_p, flow_p).float()[..., :h, :w]
     if any(t % multiple for t in _pair(tile)):
         raise ValueError(f"tile size {tile} must be a multiple of {multiple}, what the model's windows need")
     (th, tw), (oh, ow) = [min(t, n) for t, n in zip(_pair(tile), (hp, wp))], _pair(overlap)
@@ -63,6 +65,7 @@ def restore(forward: Forward, blur: torch.Tensor, spike: torch.Tensor, multiple:
     for y in tile_starts(hp, th, oh):
         for x in tile_starts(wp, tw, ow):
             window = (..., slice(y, y + th), slice(x, x + tw))
-            out[window] += forward(blur_p[window], spike_p[window]).float() * ramp
+            flow = None if flow_p is None else flow_p[window]
+            out[window] += forward(blur_p[window], spike_p[window], flow).float() * ramp
             weight[y:y + th, x:x + tw] += ramp
     return (out / weight)[..., :h, :w]

@@ -14,7 +14,8 @@ import yaml
 from torch import nn
 
 from ds_deblur.errors import ConfigError
-
+from ds_deblur.models.svrt.net import SVRTNet
+from ds_deblur.models.svrt.options import parse_net_options
 from ds_deblur.models.vrt import VRT
 from ds_deblur.models.vrt_spike import VRTWithSpike
 
@@ -115,11 +116,15 @@ def _spike_channels(cfg: Any, embed_dims: list[int]) -> list[int]:
     return channels
 
 
-def build_model(cfg: Any) -> VRTWithSpike:
+def build_model(cfg: Any) -> nn.Module:
     """The deblurring model described by ``cfg.MODEL`` (and DATA.CLIP_LEN/CROP_SIZE), called as
-    ``model(blur (B,T,3,H,W), spike_vox (B,T,C,H,W)) -> (B,T,3,H,W)`` with C = ``cfg.DATA.spike_channels`` (the
-    spike representation's width: DATA.K voxel bins or TFP images, or DATA.RAW_WINDOW_LENGTH raw frames); the
-    backbone is ``model.vrt``."""
+    ``model(blur (B,T,3,H,W), spike (B,T,C,H,W), flow_spike=None) -> (B,T,3,H,W)`` with C =
+    ``cfg.DATA.spike_channels`` (the spike representation's width: DATA.K voxel bins or TFP images, or
+    DATA.RAW_WINDOW_LENGTH raw frames). With MODEL.NETG (an S-VRT option file's netG) it is S-VRT's network
+    (:class:`SVRTNet`, S-VRT's parameter names); otherwise the preset's :class:`VRTWithSpike`, backbone
+    ``model.vrt``."""
+    if cfg.MODEL.NETG is not None:
+        return build_svrt(cfg)
     vrt_kwargs, options = vrt_arguments(cfg)
     use_spike = bool(cfg.MODEL.USE_SPIKE)
     channels = _spike_channels(cfg, vrt_kwargs["embed_dims"]) if use_spike else []
@@ -137,3 +142,21 @@ def build_model(cfg: Any) -> VRTWithSpike:
         tsa=dict(heads=m.SPIKE_TSA.HEADS, mlp_ratio=m.SPIKE_TSA.MLP_RATIO, chunk_pixels=m.SPIKE_TSA.CHUNK_PIXELS),
         fuse=dict(heads=m.FUSE.HEADS, mlp_ratio=m.FUSE.MLP_RATIO, chunk_pixels=m.FUSE.CHUNK_PIXELS,
                   frame_distance_penalty=m.FUSE.FRAME_DISTANCE_PENALTY))
+
+
+def build_svrt(cfg: Any) -> SVRTNet:
+    """S-VRT's network for MODEL.NETG, checked against the data it will be given."""
+    options = parse_net_options(cfg.MODEL.NETG, cfg.DATA.SPIKE_REPR)
+    if options.spike_chans != cfg.DATA.spike_channels:
+        raise ConfigError(f"netG's in_chans {options.in_chans} = RGB 3 + {options.spike_chans} spike channels, but "
+                          f"the data gives {cfg.DATA.spike_channels} per frame (DATA.SPIKE_REPR "
+                          f"{cfg.DATA.SPIKE_REPR}): make netG.input.raw_ingress_chans (or netG.in_chans) "
+                          f"{3 + cfg.DATA.spike_channels}, or change the data's spike channels")
+    if options.flow_module == "scflow" and cfg.DATA.FLOW_SPIKE != "encoding25":
+        raise ConfigError("netG.optical_flow.module scflow needs SCFlow's encoding25 windows: set DATA.FLOW_SPIKE "
+                          "encoding25 (S-VRT's datasets.*.spike_flow.representation)")
+    model = SVRTNet(options, cfg.DATA.FLOW_SPIKE_POLICY)
+    if cfg.MODEL.IDENTITY_INIT:  # as for the presets: output = blurry input at step 0 (S-VRT itself does not)
+        nn.init.zeros_(model.conv_last.weight)
+        nn.init.zeros_(model.conv_last.bias)
+    return model

@@ -169,9 +169,10 @@ class VRT(nn.Module):
     temporal window are fine (the window shrinks to T); longer ones that are not a multiple are zero-padded inside
     each attention block, as in the official model.
 
-    ``stage_hook(i, feat) -> Tensor`` is called right after encoder stage ``i`` = 0, 1, 2, 3 (stage1..stage4)
-    with ``feat`` (B, C_i, T, H_i, W_i), C_i = ``embed_dims[i]``, H_i = H / 2**i. It must return a tensor of the
-    same shape, which replaces the stage output: it feeds the next stage and the skip connection (x1..x4) alike.
+    ``stage_hook(i, feat) -> Tensor`` is called right after stage ``i + 1`` for i = 0, .., 6 (stage1..stage7)
+    with ``feat`` (B, C_i, T, H_i, W_i), C_i = ``embed_dims[i]``, H_i = H / 2**min(i, 6 - i). It must return a
+    tensor of the same shape, which replaces the stage output: it feeds the next stage and, after the encoder
+    stages 1-4, the skip connection (x1..x4) alike.
     ``feat`` may be a non-contiguous view; don't modify it in place.
     """
 
@@ -197,7 +198,7 @@ class VRT(nn.Module):
         first_in = in_chans * (1 + 2 * 4) + (1 if nonblind_denoising else 0)  # frame + 2 x nearest-4 warps
         self.conv_first = FrameConv3d(first_in, embed_dims[0], kernel_size=(1, 3, 3), padding=(0, 1, 1))
         self.spynet = SpyNet(spynet_path, return_levels=(2, 3, 4, 5))
-        dpr = torch.linspace(0, drop_path_rate, sum(depths)).tolist()
+        dpr = torch.linspace(0, drop_path_rate, sum(depths), device="cpu").tolist()  # also under a meta device
         ckpt_attn = [use_checkpoint_attn and i not in no_checkpoint_attn_blocks for i in range(len(depths))]
         ckpt_ffn = [use_checkpoint_ffn and i not in no_checkpoint_ffn_blocks for i in range(len(depths))]
         common = dict(mlp_ratio=mlp_ratio, qkv_bias=qkv_bias, qk_scale=qk_scale, norm_layer=norm_layer)
@@ -262,47 +263,64 @@ class VRT(nn.Module):
 
     def forward(self, x: Tensor, stage_hook: StageHook | None = None) -> Tensor:
         self.check_input(x)
+        frames = x[:, :, :self.in_chans] if self.nonblind_denoising else x
+        return self.upsampled(frames) + self.residual(x, self.get_flows(frames), stage_hook)
+
+    def residual(self, x: Tensor, flows: tuple[Flows, Flows], stage_hook: StageHook | None = None,
+                 own: Tensor | None = None) -> Tensor:
+        """What the network adds to the (upsampled) input frames: ``x`` as :meth:`forward` takes it, ``flows`` as
+        :meth:`get_flows` gives them -> (B, T, out_chans, H * upscale, W * upscale). ``own``: what conv_first sees
+        of each frame itself beside its warped neighbours (default: the frame)."""
         noise = None
         if self.nonblind_denoising:
             x, noise = x[:, :, :self.in_chans], x[:, :, self.in_chans:]
-        flows_backward, flows_forward = self.get_flows(x)
+        flows_backward, flows_forward = flows
         backward, forward = self._align_input(x, flows_backward[0], flows_forward[0])
-        parts = [x, backward, forward] + ([noise] if noise is not None else [])
+        parts = [x if own is None else own, backward, forward] + ([noise] if noise is not None else [])
         feat = self.conv_first(torch.cat([p.permute(0, 1, 3, 4, 2) for p in parts], dim=-1))
         feat = feat + self.conv_after_body(self.forward_features(feat, flows_backward, flows_forward, stage_hook))
+        if self.upscale > 1:
+            feat = self.upsample(self.conv_before_upsample(feat))
+        return self.conv_last(feat).permute(0, 1, 4, 2, 3)
+
+    def upsampled(self, frames: Tensor) -> Tensor:
+        """``frames`` (B, T, C, H, W) at the output size (bilinear per frame), the base the residual is added to."""
         if self.upscale == 1:
-            return x + self.conv_last(feat).permute(0, 1, 4, 2, 3)
-        out = self.conv_last(self.upsample(self.conv_before_upsample(feat))).permute(0, 1, 4, 2, 3)
-        b, t, _, h, w = out.shape
-        base = F.interpolate(x.flatten(0, 1), size=(h, w), mode="bilinear", align_corners=False)
-        return out + base.unflatten(0, (b, t))
+            return frames
+        b, t, _, h, w = frames.shape
+        size = (h * self.upscale, w * self.upscale)
+        return F.interpolate(frames.flatten(0, 1), size=size, mode="bilinear", align_corners=False).unflatten(0, (b, t))
 
     def forward_features(self, x: Tensor, flows_backward: Flows, flows_forward: Flows,
                          stage_hook: StageHook | None = None) -> Tensor:
         """Stages 1-8 on channels-last features (B, T, H, W, C); flows as returned by :meth:`get_flows`."""
         skips = []
-        for i in range(NUM_ENCODER_STAGES):
-            x = getattr(self, f"stage{i + 1}")(x, flows_backward[i::4], flows_forward[i::4])
+        for i in range(7):
+            scale = min(i, 6 - i)  # stages 5-7 climb back up the scales of stages 3, 2, 1
+            if i > NUM_ENCODER_STAGES:
+                x = x + skips[7 - i]
+            x = getattr(self, f"stage{i + 1}")(x, flows_backward[scale::4], flows_forward[scale::4])
             if stage_hook is not None:
                 x = _apply_hook(stage_hook, i, x)
-            skips.append(x)
-        x = self.stage5(x, flows_backward[2::4], flows_forward[2::4])
-        x = self.stage6(x + skips[2], flows_backward[1::4], flows_forward[1::4])
-        x = self.stage7(x + skips[1], flows_backward[0::4], flows_forward[0::4])
+            if i < NUM_ENCODER_STAGES:
+                skips.append(x)
         x = x + skips[0]
         for layer in self.stage8:
             x = layer(x)
         return self.norm(x)
 
     def get_flows(self, x: Tensor) -> tuple[Flows, Flows]:
-        """Backward (t+k -> t) and forward (t-k -> t) flows: for k = 1, .., pa_frames // 2, the four scales
-        1, 1/2, 1/4, 1/8, each (B, T - k, 2, H / s, W / s)."""
+        """Backward (t+k -> t) and forward (t-k -> t) flows of the frames ``x`` (B, T, C, H, W) as the flow net
+        takes them: for k = 1, .., pa_frames // 2, the four scales 1, 1/2, 1/4, 1/8, each (B, T - k, 2, H / s, W / s)."""
         b, t = x.shape[:2]
-        # One SpyNet pass for both directions: backward = flow(ref t, supp t+1), forward = the reverse.
+        # One flow-net pass for both directions: backward = flow(ref t, supp t+1), forward = the reverse.
         ref = torch.cat((x[:, :-1], x[:, 1:])).flatten(0, 1)
         supp = torch.cat((x[:, 1:], x[:, :-1])).flatten(0, 1)
         pairs = [f.unflatten(0, (2, b, t - 1)) for f in self.spynet(ref, supp)]
-        backward, forward = [f[0] for f in pairs], [f[1] for f in pairs]
+        return self.multi_hop([f[0] for f in pairs], [f[1] for f in pairs])
+
+    def multi_hop(self, backward: Flows, forward: Flows) -> tuple[Flows, Flows]:
+        """One-frame flows (per scale) extended to the ``pa_frames // 2`` hops :meth:`get_flows` returns."""
         if self.pa_frames >= 4:  # two-frame hops: chain two one-frame flows
             backward2 = [_chain(f[:, :-1], f[:, 1:]) for f in backward]
             forward2 = [_chain(f[:, 1:], f[:, :-1]) for f in forward]

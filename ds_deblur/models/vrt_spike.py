@@ -12,7 +12,7 @@ from ds_deblur.models.spike import SpikeEncoder3D, SpikeTemporalSA
 
 
 class VRTWithSpike(nn.Module):
-    """``model(blur (B,T,3,H,W), spike_vox (B,T,C,H,W)) -> (B,T,3,H,W)``; ``spike_bins`` = C, the spike input's
+    """``model(blur (B,T,3,H,W), spike_vox (B,T,C,H,W), flow_spike=None) -> (B,T,3,H,W)``; ``spike_bins`` = C, the spike input's
     channels per frame (voxel bins, TFP images or raw frames: ``DataConfig.spike_channels``).
 
     Spike input -> SpikeEncoder3D -> SpikeTemporalSA give one feature per scale; after VRT encoder stage i
@@ -39,7 +39,9 @@ class VRTWithSpike(nn.Module):
         """H and W must be multiples of this (pad first, as ds_deblur.inference.tiling does): VRT's coarsest window."""
         return max(self.vrt.required_multiple)
 
-    def forward(self, blur: torch.Tensor, spike_vox: torch.Tensor) -> torch.Tensor:
+    def forward(self, blur: torch.Tensor, spike_vox: torch.Tensor,
+                flow_spike: Optional[torch.Tensor] = None) -> torch.Tensor:
+        # flow_spike (S-VRT's SCFlow input) is accepted so that every model is called alike; SpyNet needs none.
         if not self.use_spike:
             return self.vrt(blur)
         b, t, _, h, w = blur.shape
@@ -49,7 +51,7 @@ class VRTWithSpike(nn.Module):
         spike_feats = self.spike_temporal_sa(self.spike_encoder(spike_vox))
 
         def fuse_after_stage(i: int, feat: torch.Tensor) -> torch.Tensor:
-            return self.cross_attn_fuse(i, feat, spike_feats[i])
+            return self.cross_attn_fuse(i, feat, spike_feats[i]) if i < len(spike_feats) else feat
 
         return self.vrt(blur, stage_hook=fuse_after_stage)
 

@@ -16,7 +16,7 @@ import json
 import os
 import signal
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Callable, Optional
 
 import torch
 import torch.distributed as dist
@@ -28,8 +28,8 @@ KILL_RECORD_ENV = "DS_DEBLUR_KILL_RECORD"
 KINDS = ("loss", "batch", "grad")
 _KILL_ENVS = {"save": KILL_IN_SAVE_ENV, "export": KILL_IN_EXPORT_ENV}
 
-# (blur, spike, sharp) -> (loss, parts): one micro-batch's forward pass and loss
-ForwardLoss = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], tuple[torch.Tensor, dict]]
+# (blur, spike, sharp, flow_spike or None) -> (loss, parts): one micro-batch's forward pass and loss
+ForwardLoss = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, Optional[torch.Tensor]], tuple[torch.Tensor, dict]]
 
 
 def kill_point(where: str, name: str, last_rank: bool = False) -> None:
@@ -80,11 +80,12 @@ class Injections:
             return forward_loss
         self.done.update((kind, step) for kind in due)
 
-        def injected(blur: torch.Tensor, spike: torch.Tensor, sharp: torch.Tensor) -> tuple[torch.Tensor, dict]:
+        def injected(blur: torch.Tensor, spike: torch.Tensor, sharp: torch.Tensor,
+                     flow_spike: Optional[torch.Tensor]) -> tuple[torch.Tensor, dict]:
             if "batch" in due:
                 blur = blur.clone()
                 blur[..., 0, 0] = float("nan")
-            loss, parts = forward_loss(blur, spike, sharp)
+            loss, parts = forward_loss(blur, spike, sharp, flow_spike)
             if "loss" in due:
                 loss = loss * float("inf")
             if "grad" in due:

@@ -134,3 +134,11 @@ def test_config_change_rules():
     with pytest.raises(CheckpointError) as err:
         check_config_change(old, new, 1, 1, warn=said.append)
     assert "MODEL.PRESET: 'tiny' -> 'base'" in str(err.value) and "DATA.K: 32 -> 16" in str(err.value)
+
+
+def test_a_changed_svrt_network_is_refused_on_resume():
+    old = {"MODEL": {"NETG": {"fusion": {"operator": "gated"}}}}
+    new = {"MODEL": {"NETG": {"fusion": {"operator": "pase_residual"}}}}
+    check_config_change(old, json.loads(json.dumps(old)), 1, 1, warn=pytest.fail)
+    with pytest.raises(CheckpointError, match="MODEL.NETG: .*gated.* -> .*pase_residual"):
+        check_config_change(old, new, 1, 1)

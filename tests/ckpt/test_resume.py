@@ -1,6 +1,7 @@
 """Exact resume: a run of 2N steps equals N steps + resume + N steps, bit for bit (per-step losses and weights)."""
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -45,13 +46,22 @@ def check_exact_resume(data, tmp_path, config: str, ranks: int, env=None, val_ev
 # S-VRT's augmentations and TFP input: their draws come from each sample's own RNG, so they resume exactly too.
 SVRT_DATA = ("DATA.SPIKE_REPR=tfp", "DATA.TFP_HALF_WIN_LENGTH=2", "DATA.ROTATE=true", "DATA.RANDOM_REVERSE=true",
              "DATA.NORM.MEAN=null", "DATA.NORM.STD=null")
+# ... feeding S-VRT's early-fusion network (pase_residual on the 4 TFP images of each frame, SpyNet flow), whose
+# fusion module is registered twice (fusion_operator.*, fusion_adapter.operator.*) as in S-VRT.
+SVRT_NET = dict(net_type="vrt", upscale=1, img_size=[2, 64, 64], window_size=[2, 8, 8], depths=[1] * 8,
+                indep_reconsts=[7], embed_dims=[16] * 8, num_heads=[2] * 8, pa_frames=2, deformable_groups=2,
+                input=dict(strategy="fusion", mode="dual", raw_ingress_chans=7),
+                fusion=dict(placement="early", operator="pase_residual", early=dict(frame_contract="collapsed"),
+                            operator_params=dict(feature_chans=8, hidden_chans=8)),
+                optical_flow=dict(module="spynet", checkpoint=None))
+SVRT = SVRT_DATA + ("MODEL.NETG=" + json.dumps(SVRT_NET),)
 
 
+# One rank and two, every ZeRO stage; the S-VRT cases cover S-VRT's data and network under ZeRO 2 and 3.
 @pytest.mark.dist
 @pytest.mark.slow
-@pytest.mark.parametrize("stage, ranks, data_sets", [(1, 2, ()), (2, 2, ()), (3, 2, ()), (1, 1, ()), (2, 1, ()),
-                                                     (3, 1, ()), (2, 2, SVRT_DATA)],
-                         ids=["1-2", "2-2", "3-2", "1-1", "2-1", "3-1", "2-2-svrt-data"])
+@pytest.mark.parametrize("stage, ranks, data_sets", [(1, 2, ()), (3, 2, ()), (2, 1, ()), (2, 2, SVRT), (3, 2, SVRT)],
+                         ids=["1-2", "3-2", "2-1", "2-2-svrt", "3-2-svrt"])
 def test_resume_mid_epoch_is_exact(data, tmp_path, stage, ranks, data_sets):
     check_exact_resume(data, tmp_path, ds_json(tmp_path, "ds_configs/cpu_fp32.json", stage), ranks,
                        extra_sets=data_sets)

@@ -23,9 +23,10 @@ def test_ramp_is_positive_and_flat_inside():
     assert ramp.min() > 0 and ramp[8:24].eq(1).all()
 
 
-def _local_model(blur: torch.Tensor, spike: torch.Tensor) -> torch.Tensor:
+def _local_model(blur: torch.Tensor, spike: torch.Tensor, flow_spike=None) -> torch.Tensor:
     # A per-pixel function of the inputs: tiling must reproduce it exactly (up to float rounding).
-    return blur * 0.5 + spike.mean(dim=2, keepdim=True)
+    out = blur * 0.5 + spike.mean(dim=2, keepdim=True)
+    return out if flow_spike is None else out + flow_spike.mean(dim=(1, 2))[:, None, None]
 
 
 def test_tiled_equals_whole_for_a_local_model():
@@ -35,13 +36,21 @@ def test_tiled_equals_whole_for_a_local_model():
     assert whole.shape == blur.shape and torch.allclose(whole, tiled, atol=1e-6)
 
 
+def test_flow_spike_is_padded_and_tiled_with_the_frames():
+    blur, spike, flow = torch.rand(1, 3, 3, 40, 56), torch.rand(1, 3, 4, 40, 56), torch.rand(1, 6, 25, 40, 56)
+    whole = restore(_local_model, blur, spike, multiple=8, flow_spike=flow)
+    tiled = restore(_local_model, blur, spike, multiple=8, tile=16, overlap=4, flow_spike=flow)
+    assert torch.allclose(whole, _local_model(blur, spike, flow), atol=1e-6)
+    assert torch.allclose(whole, tiled, atol=1e-6)
+
+
 def test_tile_larger_than_frame_is_the_untiled_path():
     blur, spike = torch.rand(1, 2, 3, 24, 24), torch.rand(1, 2, 4, 24, 24)
     calls = []
 
-    def forward(b, s):
+    def forward(b, s, f):
         calls.append(b.shape)
-        return _local_model(b, s)
+        return _local_model(b, s, f)
 
     restore(forward, blur, spike, multiple=8, tile=64)
     assert calls == [torch.Size([1, 2, 3, 24, 24])]

@@ -111,7 +111,7 @@ def test_required_multiple():
         required_multiple(nn.Linear(1, 1))
 
 
-def test_stage_hook_sees_and_replaces_encoder_outputs():
+def test_stage_hook_sees_and_replaces_stage_outputs():
     model = tiny_vrt().eval()
     x = frames()
     seen = []
@@ -123,9 +123,10 @@ def test_stage_hook_sees_and_replaces_encoder_outputs():
     with torch.no_grad():
         plain = model(x)
         torch.testing.assert_close(model(x, stage_hook=identity), plain, rtol=0, atol=0)
-        assert seen == [(i, (1, 8, 3, 64 >> i, 64 >> i)) for i in range(4)]
-        changed = model(x, stage_hook=lambda i, f: f * 0 if i == 3 else f)
-        assert (changed - plain).abs().max() > 1e-4
+        assert seen == [(i, (1, 8, 3, 64 >> min(i, 6 - i), 64 >> min(i, 6 - i))) for i in range(7)]
+        for stage in (3, 6):  # an encoder stage (also a skip) and the last decoder stage
+            changed = model(x, stage_hook=lambda i, f: f * 0 if i == stage else f)
+            assert (changed - plain).abs().max() > 1e-4
         with pytest.raises(ValueError, match="after stage 2"):
             model(x, stage_hook=lambda i, f: f[:, :, :2] if i == 1 else f)
 
