@@ -23,6 +23,7 @@ from ds_deblur.errors import WeightsNotFoundError
 from ds_deblur.models.attention import RTMSA, TMSAG, MlpGEGLU
 from ds_deblur.models.deform_conv import DCNv2PackFlowGuided, flow_warp
 from ds_deblur.models.spynet import SpyNet, check_size
+from ds_deblur.models.state import load_exactly
 
 StageHook = Callable[[int, Tensor], Tensor]
 Flows = list[Tensor]  # per scale (B, T - k, 2, H / s, W / s)
@@ -311,7 +312,8 @@ class VRT(nn.Module):
 
     def get_flows(self, x: Tensor) -> tuple[Flows, Flows]:
         """Backward (t+k -> t) and forward (t-k -> t) flows of the frames ``x`` (B, T, C, H, W) as the flow net
-        takes them: for k = 1, .., pa_frames // 2, the four scales 1, 1/2, 1/4, 1/8, each (B, T - k, 2, H / s, W / s)."""
+        takes them: for k = 1, .., pa_frames // 2, the four scales 1, 1/2, 1/4, 1/8, each
+        (B, T - k, 2, H / s, W / s)."""
         b, t = x.shape[:2]
         # One flow-net pass for both directions: backward = flow(ref t, supp t+1), forward = the reverse.
         ref = torch.cat((x[:, :-1], x[:, 1:])).flatten(0, 1)
@@ -392,15 +394,5 @@ def load_vrt_weights(model: nn.Module, path: str | os.PathLike) -> None:
         state = state["params"]
     if not isinstance(state, Mapping):
         raise ValueError(f"{path} holds a {type(state).__name__}, not a state dict (or {{'params': state_dict}})")
-    own = model.state_dict()
-    missing = [k for k in own if k not in state]
-    unexpected = [k for k in state if k not in own]
-    misshapen = [f"{k} file {tuple(state[k].shape)} model {tuple(v.shape)}" for k, v in own.items()
-                 if k in state and tuple(state[k].shape) != tuple(v.shape)]
-    if missing or unexpected or misshapen:
-        def head(keys: list[str]) -> str:
-            return f"{len(keys)} {keys[:6]}{' ...' if len(keys) > 6 else ''}"
-        raise ValueError(f"VRT weights {path} do not match the model: missing {head(missing)}; unexpected "
-                         f"{head(unexpected)}; shape mismatch {head(misshapen)}. The model must be built with the "
-                         f"configuration the file was trained with (e.g. the vrt_gopro preset for the GoPro model).")
-    model.load_state_dict(state, strict=True)
+    load_exactly(model, state, f"VRT weights {path}", "The model must be built with the configuration the file was "
+                 "trained with (e.g. the vrt_gopro preset for the GoPro model).")

@@ -12,8 +12,8 @@ from ds_deblur.models.spike import SpikeEncoder3D, SpikeTemporalSA
 
 
 class VRTWithSpike(nn.Module):
-    """``model(blur (B,T,3,H,W), spike_vox (B,T,C,H,W), flow_spike=None) -> (B,T,3,H,W)``; ``spike_bins`` = C, the spike input's
-    channels per frame (voxel bins, TFP images or raw frames: ``DataConfig.spike_channels``).
+    """``model(blur (B,T,3,H,W), spike_vox (B,T,C,H,W), flow_spike=None) -> (B,T,3,H,W)``; ``spike_bins`` = C, the
+    spike input's channels per frame (voxel bins, TFP images or raw frames: ``DataConfig.spike_channels``).
 
     Spike input -> SpikeEncoder3D -> SpikeTemporalSA give one feature per scale; after VRT encoder stage i
     the RGB feature (queries) is fused with spike feature i (keys/values) by ``cross_attn_fuse[i]``. Parameter

@@ -199,24 +199,26 @@ def test_release_layout_and_the_published_protocol_on_the_written_frames(trained
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("backend", ["disk", "lmdb"])
-def test_svrt_layout_gives_the_frames_of_the_unified_layout(trained, footage, tmp_path, backend):
-    # The same synthetic footage written in S-VRT's README layout (frames also as KAIR LMDBs): inference reads the
-    # test split there and restores the same pixels as from the unified layout's val split.
+def test_svrt_layout_gives_the_frames_of_the_unified_layout(trained, footage, tmp_path):
+    # The same synthetic footage written in S-VRT's README layout, with PNG frames and as KAIR LMDBs: inference
+    # reads the test split there and restores the same pixels as from the unified layout's val split.
     root = generate(tmp_path / "svrt", FOOTAGE, layout="svrt")
-    extra = []
-    if backend == "lmdb":
-        for folder in root.glob("GOPRO_Large/test_GT*"):
-            write_kair_lmdb(folder, lmdb_path(folder))
-            shutil.rmtree(folder)
-        extra = ["--io-backend", "lmdb"]
+    lmdb_root = shutil.copytree(root, tmp_path / "svrt_lmdb")
+    for folder in lmdb_root.glob("GOPRO_Large/test_GT*"):
+        write_kair_lmdb(folder, lmdb_path(folder))
+        shutil.rmtree(folder)
     assert infer(trained / "ckpts/last.pth", tmp_path / "unified", "--root", footage, "--split", "val") == 0
-    assert infer(trained / "ckpts/last.pth", tmp_path / "svrt_out", "--root", root, "--split", "val", *extra) == 0
+    assert infer(trained / "ckpts/last.pth", tmp_path / "disk", "--root", root, "--split", "val") == 0
+    assert infer(trained / "ckpts/last.pth", tmp_path / "lmdb", "--root", lmdb_root, "--split", "val",
+                 "--io-backend", "lmdb") == 0
     unified = [pngs(d) for d in sorted((tmp_path / "unified").iterdir()) if d.is_dir()]
-    svrt = [pngs(d) for d in sorted((tmp_path / "svrt_out").iterdir()) if d.is_dir()]
-    assert len(svrt) == len(unified) == 2
-    for ours, theirs in zip(svrt, unified):
-        assert len(ours) == len(theirs) and all(np.array_equal(a, b) for a, b in zip(ours.values(), theirs.values()))
+    assert len(unified) == 2
+    for backend in ("disk", "lmdb"):
+        svrt = [pngs(d) for d in sorted((tmp_path / backend).iterdir()) if d.is_dir()]
+        assert len(svrt) == len(unified)
+        for ours, theirs in zip(svrt, unified):
+            assert len(ours) == len(theirs)
+            assert all(np.array_equal(a, b) for a, b in zip(ours.values(), theirs.values())), backend
 
 
 @pytest.mark.slow

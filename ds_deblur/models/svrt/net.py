@@ -90,7 +90,8 @@ class SVRTNet(VRT):
     def needs_flow_spike(self) -> bool:
         return self.spynet.input_type == "spike"
 
-    def forward(self, blur: Tensor, spike: Tensor, flow_spike: Optional[Tensor] = None) -> Tensor:  # type: ignore[override]
+    def forward(self, blur: Tensor, spike: Tensor,  # type: ignore[override]
+                flow_spike: Optional[Tensor] = None) -> Tensor:
         o = self.options
         b, t, _, h, w = blur.shape
         if spike.dim() != 5 or spike.shape[:2] != (b, t) or spike.shape[2] != o.spike_chans:

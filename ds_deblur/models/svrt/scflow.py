@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ds_deblur.models.deform_conv import flow_warp
+from ds_deblur.models.state import load_exactly
 
 SPIKE_WINDOW = 25
 SEARCH_RADIUS = 4
@@ -204,15 +205,5 @@ def load_scflow_weights(model: SCFlow, path: str | os.PathLike) -> None:
     if not isinstance(state, Mapping):
         raise ValueError(f"SCFlow weights {path} hold a {type(state).__name__}, not a state dict "
                          f"(or {{'state_dict': state_dict}})")
-    own = model.state_dict()
-    missing = [k for k in own if k not in state]
-    unexpected = [k for k in state if k not in own]
-    misshapen = [f"{k} file {tuple(state[k].shape)} model {tuple(v.shape)}" for k, v in own.items()
-                 if k in state and tuple(state[k].shape) != tuple(v.shape)]
-    if missing or unexpected or misshapen:
-        def head(keys: list[str]) -> str:
-            return f"{len(keys)} {keys[:6]}{' ...' if len(keys) > 6 else ''}"
-        raise ValueError(f"SCFlow weights {path} do not match the model: missing {head(missing)}; unexpected "
-                         f"{head(unexpected)}; shape mismatch {head(misshapen)}. netG.optical_flow.params.batch_norm "
-                         f"must be what the file was trained with (false for dt10_e40.pth).")
-    model.load_state_dict(state, strict=True)
+    load_exactly(model, state, f"SCFlow weights {path}", "netG.optical_flow.params.batch_norm must be what the file "
+                 "was trained with (false for dt10_e40.pth).")

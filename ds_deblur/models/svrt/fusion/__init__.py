@@ -15,7 +15,8 @@ from ds_deblur.models.svrt.fusion.pase_residual import PaseResidualFusion
 
 OPERATORS: dict[str, type[nn.Module]] = {
     "concat": ConcatFusion, "gated": GatedFusion, "attention": AttentionFusion, "pase": PaseFusion,
-    "pase_residual": PaseResidualFusion, "mamba": MambaFusion, "dual_scale_temporal_mamba": DualScaleTemporalMambaFusion,
+    "pase_residual": PaseResidualFusion, "mamba": MambaFusion,
+    "dual_scale_temporal_mamba": DualScaleTemporalMambaFusion,
 }
 
 
