@@ -16,7 +16,7 @@ from ds_deblur.bench.common import host
 
 # benchmark name -> its module in this package
 MODULES = {"engine": "training", "memory": "memory", "checkpoint": "checkpoint", "data": "data", "model": "model",
-           "infer": "infer", "ablation": "ablation"}
+           "infer": "infer", "ablation": "ablation", "svrt": "svrt"}
 
 
 def build_parser() -> argparse.ArgumentParser:
