@@ -269,24 +269,19 @@ def test_dual_scale_fusion_state_dict_is_s_vrt_s():
     assert layout(DualScaleTemporalMambaFusion(3, 3, 3, DUAL_PARAMS)) == expected
 
 
-def test_mamba_fusion_forward_is_its_definition():
+@pytest.mark.parametrize("build, reference", [
+    (lambda: MambaFusion(3, 1, 3, MAMBA_PARAMS),
+     lambda state, rgb, spike: mamba_fusion_reference(state, rgb, spike, stride=2, layers=2)),
+    (lambda: DualScaleTemporalMambaFusion(3, 3, 3, DUAL_PARAMS),
+     lambda state, rgb, spike: dual_fusion_reference(state, rgb, spike, stride=2, local_layers=1, global_layers=2)),
+], ids=["mamba", "dual_scale_temporal_mamba"])
+def test_mamba_fusion_forward_is_its_definition(build, reference):
     torch.manual_seed(0)
-    operator = randomized(MambaFusion(3, 1, 3, MAMBA_PARAMS))
+    operator = randomized(build())
     rgb, spike = torch.randn(1, 2, 3, 6, 5), torch.rand(1, 2, 3, 6, 5)
     with torch.no_grad():
         out = operator(rgb, spike)
-    expected = mamba_fusion_reference(operator.state_dict(), rgb, spike, stride=2, layers=2)
-    assert out.shape == rgb.shape and (out - rgb).abs().max() > 1e-2
-    assert (out.double() - expected).abs().max() <= 1e-4
-
-
-def test_dual_scale_fusion_forward_is_its_definition():
-    torch.manual_seed(0)
-    operator = randomized(DualScaleTemporalMambaFusion(3, 3, 3, DUAL_PARAMS))
-    rgb, spike = torch.randn(1, 2, 3, 6, 5), torch.rand(1, 2, 3, 6, 5)
-    with torch.no_grad():
-        out = operator(rgb, spike)
-    expected = dual_fusion_reference(operator.state_dict(), rgb, spike, stride=2, local_layers=1, global_layers=2)
+    expected = reference(operator.state_dict(), rgb, spike)
     assert out.shape == rgb.shape and (out - rgb).abs().max() > 1e-2
     assert (out.double() - expected).abs().max() <= 1e-4
 
