@@ -26,7 +26,7 @@ from ds_deblur.errors import DatasetError
 from .augment import Augmentation, AugmentOptions, check_rotate, draw_augmentation
 from .images import read_rgb
 from .layout import Root, SequenceInfo, scan_split
-from .representations import SpikeRepr, artifact_dir, artifact_path, read_artifact
+from .representations import SpikeRepr, artifact_dir, artifact_path, check_shortest, read_artifact
 from .roots import open_layout
 from .sampler import SampleKey
 from .voxel import read_voxel_window, resample_window, sensor_window, voxelize_dat
@@ -153,12 +153,8 @@ class SpikeDeblurDataset(Dataset):
         than in the middle of an epoch. ``counts`` are the scan's frame counts, sequence by sequence."""
         specs = [spec for spec in (self.options.spike_repr, self.options.flow_spike) if spec is not None]
         frames = [(seq, i) for seq in self.sequences for i in range(len(seq.frames))]
-        if not specs or len(counts) != len(frames):  # a voxel cache scan counts no .dat frames
-            return
-        shortest = int(np.argmin(counts))
-        seq, i = frames[shortest]
-        for spec in specs:
-            spec.windows(counts[shortest], str(seq.spike(i)))
+        if len(counts) == len(frames):  # a voxel cache scan counts no .dat frames
+            check_shortest(specs, counts, lambda k: frames[k][0].spike(frames[k][1]))
 
     def describe_sources(self) -> str:
         """Where the spike inputs come from, in a line: precomputed artifacts or the .dat files."""
@@ -255,10 +251,7 @@ class SpikeDeblurDataset(Dataset):
         """Spike values (..., h, w) on the sensor box under the window -> float32 (..., H, W) on the augmented RGB
         crop: resampled like the voxel (flips inside the resampling), then transposed."""
         sensor = sensor_window(self.spike_size, seq.size, aug.window)
-        lead = values.shape[:-2]
-        out = resample_window(values.reshape(-1, *values.shape[-2:]), seq.size, aug.window, aug.hflip, aug.vflip,
-                              sensor)
-        out = out.reshape(*lead, *out.shape[-2:])
+        out = resample_window(values, seq.size, aug.window, aug.hflip, aug.vflip, sensor)
         return np.ascontiguousarray(out.swapaxes(-1, -2)) if aug.transpose else out
 
     def _spike_input(self, seq: SequenceInfo, i: int, aug: Augmentation, source: Optional[ReprSource]) -> np.ndarray:

@@ -25,7 +25,7 @@ import os
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 import numpy as np
 
@@ -248,6 +248,16 @@ def encoding25(spikes: np.ndarray, subframes: int, short_policy: str = "pad_edge
                source: str = "spike stream") -> np.ndarray:
     """SCFlow's encoding25 windows: uint8 (S, 25, H, W) of 0/1, or (25, H, W) for ``subframes`` 1."""
     return SpikeRepr("encoding25", subframes=subframes, short_policy=short_policy).from_frames(spikes, source=source)
+
+
+def check_shortest(specs: Sequence[SpikeRepr], counts: Sequence[int], stream: Callable[[int], PathLike]) -> None:
+    """Each of ``specs`` from the shortest of the spike streams whose frame counts are ``counts``: a
+    ``DatasetError`` naming that stream (``stream(index)``) when it cannot give one, before anything is read."""
+    if not specs or not counts:
+        return
+    shortest = int(np.argmin(counts))
+    for spec in specs:
+        spec.windows(counts[shortest], str(stream(shortest)))
 
 
 def artifact_dir(spike_seq_dir: PathLike, spec: SpikeRepr) -> Path:

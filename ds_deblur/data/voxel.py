@@ -135,12 +135,16 @@ def _span(start: int, count: int, reverse: bool) -> np.ndarray:
 def resample_window(vox: np.ndarray, out_size: Sequence[int], window: Window, hflip: bool = False,
                     vflip: bool = False, sensor: Optional[SensorWindow] = None) -> np.ndarray:
     """The ``window`` of ``vox`` (C, h, w) resized to ``out_size`` (H, W), optionally flipped, as a new
-    C-contiguous float32 array (C, window height, window width). ``vox`` is the whole spike grid, or only the part
-    ``sensor.box`` of a grid of ``sensor.size`` (what ``sensor_window`` says the window needs).
+    C-contiguous float32 array (C, window height, window width); more leading dims than C (e.g. S windows of 25
+    frames) are resampled alike and kept. ``vox`` is the whole spike grid, or only the part ``sensor.box`` of a grid
+    of ``sensor.size`` (what ``sensor_window`` says the window needs).
 
     Upsampling (spike sensor smaller than RGB) is bilinear and computed only for the window, which equals
     cropping the full bilinear resize but reads just the rows and columns it needs (``vox`` may be a memmap);
     flips just reverse the sampling positions. Downsampling is area averaging of the whole frame, then the crop."""
+    if vox.ndim != 3:
+        out = resample_window(vox.reshape(-1, *vox.shape[-2:]), out_size, window, hflip, vflip, sensor)
+        return out.reshape(*vox.shape[:-2], *out.shape[-2:])
     top, left, win_h, win_w = window
     sensor = sensor or SensorWindow(tuple(vox.shape[-2:]), (0, 0, *vox.shape[-2:]))
     (in_h, in_w), (out_h, out_w) = sensor.size, out_size

@@ -29,7 +29,7 @@ from ds_deblur.config import Config, load_config, load_stored_config
 from ds_deblur.data.dataset import ReprSource
 from ds_deblur.data.images import read_rgb
 from ds_deblur.data.layout import SequenceInfo, frame_files, image_size
-from ds_deblur.data.representations import SpikeRepr, artifact_dir
+from ds_deblur.data.representations import SpikeRepr, artifact_dir, check_shortest
 from ds_deblur.data.roots import DataLayout, LayoutOptions, SequenceDirs, open_layout, sequence_dirs_of
 from ds_deblur.data.spike_io import dat_frame_count
 from ds_deblur.data.voxel import STATS_FILE, VoxelStats, resample_window, voxelize_dat
@@ -198,10 +198,9 @@ def _check_stream_lengths(seq: Sequence, spike_size: tuple[int, int]) -> None:
     if not computed:
         return
     counts = [dat_frame_count(seq.spike(i), spike_size) for i in range(len(seq.frames))]
-    shortest = int(np.argmin(counts))
     for spec in computed:
         try:
-            spec.windows(counts[shortest], str(seq.spike(shortest)))
+            check_shortest([spec], counts, seq.spike)
         except DatasetError as err:
             raise InferenceError(f"cannot make the model's {spec.name} input: {err}") from None
 
@@ -226,19 +225,13 @@ def load_frame(seq: Sequence, i: int, spike: SpikeInput) -> Frame:
         vox = np.load(seq.voxel(i), mmap_mode="r")
         if vox.shape[0] != spike.k:
             raise InferenceError(f"{seq.voxel(i)} holds {vox.shape[0]} spike bins; the model takes DATA.K = {spike.k}")
-    vox = _on_frame(vox, seq.size)
+    whole_frame = (0, 0, *seq.size)
+    vox = resample_window(vox, seq.size, whole_frame)
     flow = None
     if seq.flow_source is not None:
-        windows = _on_frame(seq.flow_source.read(seq, i, spike.size, grid), seq.size)
+        windows = resample_window(seq.flow_source.read(seq, i, spike.size, grid), seq.size, whole_frame)
         flow = torch.from_numpy(windows.reshape(-1, *windows.shape[-3:]))  # (25,H,W) of one window -> (1,25,H,W)
     return Frame(blur, torch.from_numpy((vox - spike.mean) / spike.std), flow)
-
-
-def _on_frame(values: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """Values (..., h, w) on the whole spike grid resampled to the frame's ``size``: float32 (..., H, W), as the
-    validation dataset resamples a whole frame (``resample_window`` takes (C, h, w): leading dims flattened)."""
-    out = resample_window(values.reshape(-1, *values.shape[-2:]), size, (0, 0, *size))
-    return out.reshape(*values.shape[:-2], *out.shape[-2:])
 
 
 def read_frame(path: Path, size: tuple[int, int]) -> torch.Tensor:

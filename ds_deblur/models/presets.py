@@ -132,10 +132,7 @@ def build_model(cfg: Any) -> nn.Module:
     vrt = VRT(**vrt_kwargs)
     identity = options["identity_init"] if m.IDENTITY_INIT is None else m.IDENTITY_INIT
     if identity:
-        # Short CPU runs (the demo) start as the identity, output = blurry input, so their few hundred steps go
-        # into deblurring rather than into undoing a random residual; the architecture is unchanged.
-        nn.init.zeros_(vrt.conv_last.weight)
-        nn.init.zeros_(vrt.conv_last.bias)
+        start_as_identity(vrt)
     return VRTWithSpike(
         vrt, spike_bins=cfg.DATA.spike_channels, channels_per_scale=channels, use_spike=use_spike,
         spike_res_blocks=options["spike_res_blocks"],
@@ -156,7 +153,13 @@ def build_svrt(cfg: Any) -> SVRTNet:
         raise ConfigError("netG.optical_flow.module scflow needs SCFlow's encoding25 windows: set DATA.FLOW_SPIKE "
                           "encoding25 (S-VRT's datasets.*.spike_flow.representation)")
     model = SVRTNet(options, cfg.DATA.FLOW_SPIKE_POLICY)
-    if cfg.MODEL.IDENTITY_INIT:  # as for the presets: output = blurry input at step 0 (S-VRT itself does not)
-        nn.init.zeros_(model.conv_last.weight)
-        nn.init.zeros_(model.conv_last.bias)
+    if cfg.MODEL.IDENTITY_INIT:  # S-VRT itself does not
+        start_as_identity(model)
     return model
+
+
+def start_as_identity(vrt: VRT) -> None:
+    """Zero VRT's last conv: output = blurry input. Short CPU runs (the demos) start so, and their few hundred steps
+    go into deblurring rather than into undoing a random residual; the architecture is unchanged."""
+    nn.init.zeros_(vrt.conv_last.weight)
+    nn.init.zeros_(vrt.conv_last.bias)

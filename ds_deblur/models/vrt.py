@@ -314,12 +314,17 @@ class VRT(nn.Module):
         """Backward (t+k -> t) and forward (t-k -> t) flows of the frames ``x`` (B, T, C, H, W) as the flow net
         takes them: for k = 1, .., pa_frames // 2, the four scales 1, 1/2, 1/4, 1/8, each
         (B, T - k, 2, H / s, W / s)."""
+        return self.multi_hop(*self.one_hop(x))
+
+    def one_hop(self, x: Tensor) -> tuple[Flows, Flows]:
+        """The flow net's backward (t+1 -> t) and forward (t -> t+1) flows between neighbouring frames of ``x``,
+        per scale (B, T - 1, 2, H / s, W / s)."""
         b, t = x.shape[:2]
         # One flow-net pass for both directions: backward = flow(ref t, supp t+1), forward = the reverse.
         ref = torch.cat((x[:, :-1], x[:, 1:])).flatten(0, 1)
         supp = torch.cat((x[:, 1:], x[:, :-1])).flatten(0, 1)
         pairs = [f.unflatten(0, (2, b, t - 1)) for f in self.spynet(ref, supp)]
-        return self.multi_hop([f[0] for f in pairs], [f[1] for f in pairs])
+        return [f[0] for f in pairs], [f[1] for f in pairs]
 
     def multi_hop(self, backward: Flows, forward: Flows) -> tuple[Flows, Flows]:
         """One-frame flows (per scale) extended to the ``pa_frames // 2`` hops :meth:`get_flows` returns."""

@@ -132,7 +132,7 @@ class SVRTNet(VRT):
     def _flows(self, frames: Tensor, per_exposure: int, flow_spike: Optional[Tensor]) -> tuple[Flows, Flows]:
         if not self.needs_flow_spike:
             return self.get_flows(frames[:, :, :3])
-        b, steps, _, h, w = frames.shape
+        steps, (h, w) = frames.shape[1], frames.shape[-2:]
         if flow_spike is None or flow_spike.dim() != 5 or flow_spike.shape[2] != 25 or flow_spike.shape[3:] != (h, w):
             got = None if flow_spike is None else tuple(flow_spike.shape)
             raise ValueError(f"SCFlow (netG.optical_flow.module scflow) needs flow_spike (B, N, 25, {h}, {w}) "
@@ -152,17 +152,12 @@ class SVRTNet(VRT):
     def _composed_flows(self, flow_spike: Tensor, subframes: int) -> tuple[Flows, Flows]:
         """compose_subframes: flows between neighbouring sub-frame windows, chained from the middle sub-frame of
         one frame to the middle sub-frame of the next."""
-        b, windows = flow_spike.shape[:2]
-        ref = torch.cat((flow_spike[:, :-1], flow_spike[:, 1:])).flatten(0, 1)
-        supp = torch.cat((flow_spike[:, 1:], flow_spike[:, :-1])).flatten(0, 1)
-        anchor, frames = subframes // 2, windows // subframes
-        backward, forward = [], []
-        for flow in self.spynet(ref, supp):
-            pair = flow.unflatten(0, (2, b, windows - 1))
-            spans = [(i * subframes + anchor, (i + 1) * subframes + anchor) for i in range(frames - 1)]
-            backward.append(torch.stack([_compose(pair[0], a, z, reverse=False) for a, z in spans], dim=1))
-            forward.append(torch.stack([_compose(pair[1], a, z, reverse=True) for a, z in spans], dim=1))
-        return self.multi_hop(backward, forward)
+        anchor, frames = subframes // 2, flow_spike.shape[1] // subframes
+        spans = [(i * subframes + anchor, (i + 1) * subframes + anchor) for i in range(frames - 1)]
+        backward, forward = self.one_hop(flow_spike)
+        return self.multi_hop(
+            [torch.stack([_compose(f, a, z, reverse=False) for a, z in spans], dim=1) for f in backward],
+            [torch.stack([_compose(f, a, z, reverse=True) for a, z in spans], dim=1) for f in forward])
 
 
 def _compose(flows: Tensor, start: int, end: int, reverse: bool) -> Tensor:
