@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -142,6 +143,23 @@ def test_ablation_bench_trains_with_and_without_the_spike_branch(data, tmp_path)
         assert run["input_psnr_rgb"] == result["blurry"]["psnr_rgb"]
     assert result["spike_gain_db"] == pytest.approx(runs["rgb+spike"]["psnr_rgb"] - runs["rgb"]["psnr_rgb"])
     assert "spike branch:" in proc.stdout
+
+
+@pytest.mark.slow
+@pytest.mark.dist
+def test_ablation_bench_trains_svrt_demo_once_per_fusion(data, tmp_path):
+    out = tmp_path / "ablation.json"
+    proc = bench("ablation", "--data", str(data), "--svrt-operators", "pase_residual", "gated", "--set",
+                 "TRAIN.TOTAL_STEPS=2", "--set", "LOG.VAL_EVERY_STEPS=2", "--out", str(out))
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    result = json.loads(out.read_text())
+    assert list(result["runs"]) == result["fusions"] == ["pase_residual", "gated"]
+    assert "spike_gain_db" not in result
+    for name, run in result["runs"].items():  # each trained the demo's option file with its own fusion
+        assert Path(run["config"]).name == f"{name}.json"
+        assert run["steps"] == 2 and run["input_psnr_rgb"] == result["blurry"]["psnr_rgb"]
+    assert result["runs"]["pase_residual"]["psnr_rgb"] != result["runs"]["gated"]["psnr_rgb"]
+    assert "spike branch" not in proc.stdout and "gated" in proc.stdout
 
 
 def test_ablation_table_sets_each_run_beside_the_blurry_input():

@@ -15,6 +15,7 @@ from torch import Tensor, nn
 
 from ds_deblur.models.deform_conv import flow_warp
 from ds_deblur.models.svrt.adapters import EarlyAdapter, HybridAdapter, MiddleAdapter
+from ds_deblur.models.svrt.dcnv4 import DCNv4PackFlowGuided
 from ds_deblur.models.svrt.flow import build_flow
 from ds_deblur.models.svrt.fusion import build_operator
 from ds_deblur.models.svrt.options import NetOptions
@@ -32,6 +33,8 @@ class SVRTNet(VRT):
     def __init__(self, options: NetOptions, flow_policy: str = "mean_windows") -> None:
         super().__init__(in_chans=options.backbone_in_chans, **options.vrt)
         self.options, self.flow_policy = options, flow_policy
+        if options.dcn_type == "DCNv4":
+            self._use_dcnv4(options)
         if options.pase_encoder is not None:
             self.spike_encoder = PixelAdaptiveSpikeEncoder(options.in_chans, options.in_chans, **options.pase_encoder)
         if options.fusion:
@@ -41,6 +44,13 @@ class SVRTNet(VRT):
         self.spynet = build_flow(options.flow_module, options.flow_checkpoint, options.flow_params)
         leading = [name for name in _LEADING if name in self._modules]
         self._modules = {name: self._modules[name] for name in leading + [n for n in self._modules if n not in leading]}
+
+    def _use_dcnv4(self, o: NetOptions) -> None:
+        for i in range(1, 8):
+            stage = getattr(self, f"stage{i}")
+            dim = stage.pa_deform.in_channels
+            stage.pa_deform = DCNv4PackFlowGuided(dim, dim, 3, padding=1, deformable_groups=o.vrt["deformable_groups"],
+                                                  pa_frames=o.vrt["pa_frames"], apply_softmax=o.dcn_apply_softmax)
 
     def _build_fusion(self, o: NetOptions) -> None:
         def operator(rgb: int, spike: int, out: int) -> nn.Module:

@@ -5,11 +5,11 @@ option (``netG.fusion.operator``, ...) and what to write instead.
 """
 from __future__ import annotations
 
-import importlib.util
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Optional
 
 from ds_deblur.errors import ConfigError
+from ds_deblur.models.svrt.dcnv4 import kernel_function
 
 OPERATORS = ("concat", "gated", "attention", "pase", "pase_residual", "mamba", "dual_scale_temporal_mamba")
 PLACEMENTS = ("early", "middle", "hybrid")
@@ -17,6 +17,7 @@ CONTRACTS = ("operator_default", "collapsed", "expanded")
 # Operators whose early fusion sees all of a frame's spike channels at once (the others see one at a time).
 _STRUCTURED = ("pase_residual", "dual_scale_temporal_mamba")
 _COLLAPSED_BY_DEFAULT = ("mamba", "attention", "dual_scale_temporal_mamba")
+_COLLAPSING = sorted(set(_COLLAPSED_BY_DEFAULT + _STRUCTURED))
 _EARLY_ONLY = ("mamba", "attention", "pase_residual", "dual_scale_temporal_mamba")
 _RAW_WINDOW_OPERATORS = ("pase_residual", "dual_scale_temporal_mamba")
 FLOW_NETS = ("spynet", "scflow")
@@ -155,7 +156,7 @@ def _fusion_fields(net: Mapping[str, Any], in_chans: int, spike_repr: str) -> di
         raise ConfigError(f"netG.fusion.operator={operator} requires netG.fusion.early.frame_contract=collapsed")
     if contract == "collapsed" and operator not in _COLLAPSED_BY_DEFAULT + _STRUCTURED and placement != "middle":
         raise ConfigError(f"netG.fusion.early.frame_contract=collapsed needs an operator that fuses all of a "
-                          f"frame's spike channels at once ({', '.join(_COLLAPSED_BY_DEFAULT + _STRUCTURED)}), "
+                          f"frame's spike channels at once ({', '.join(_COLLAPSING)}), "
                           f"got {operator}: use expanded")
     if operator == "dual_scale_temporal_mamba" and spike_repr not in ("tfp", "raw_window"):
         raise ConfigError(f"netG.fusion.operator=dual_scale_temporal_mamba needs DATA.SPIKE_REPR tfp or raw_window, "
@@ -185,10 +186,8 @@ def _dcn_fields(net: Mapping[str, Any]) -> dict[str, Any]:
     dcn = str(net.get("dcn_type") or "DCNv2")
     if dcn not in ("DCNv2", "DCNv4"):
         raise ConfigError(f"netG.dcn_type must be DCNv2 or DCNv4, got {dcn!r}")
-    if dcn == "DCNv4" and importlib.util.find_spec("DCNv4") is None:
-        raise ConfigError("netG.dcn_type=DCNv4 needs the DCNv4 package (a CUDA extension), which is not installed. "
-                          "Either install it on a CUDA machine (pip install DCNv4, or build S-VRT's "
-                          "models/op/dcnv4), or set netG.dcn_type=DCNv2 (e.g. --set netG.dcn_type=DCNv2)")
+    if dcn == "DCNv4":
+        kernel_function()  # stop before the run, naming the option, when the package is missing
     return dict(dcn_type=dcn, dcn_apply_softmax=bool(net.get("dcn_apply_softmax", False)))
 
 
