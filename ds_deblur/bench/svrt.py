@@ -21,7 +21,9 @@ allocated) and its parameters counted; the bytes each rank holds under ZeRO 2 fo
 roles and sharding rules of ``bench memory`` (ZeRO 2 shards gradients, fp32 master weights and Adam's two moments
 over the ranks; every rank keeps all the weights): bf16 weights and gradients (2 + 2 bytes a parameter), or fp32
 (4 + 4); fp32 master weights (4) and Adam moments (8) in both: ideal shares, without DeepSpeed's padding of the
-partitions (2-3% in ``bench memory``). Not included: activations, because a training step at the recipe's crop
+partitions (2-3% in ``bench memory``). The same again with S-VRT's LoRA recipe (``LORA_SETS``: rank 8 adapters, the
+backbone frozen as ``freeze_backbone`` freezes it): every rank keeps all the weights, but gradients, masters and
+Adam moments exist only for the fusion module and the adapters. Not included: activations, because a training step at the recipe's crop
 (6 frames of 192 x 192 with 9-frame raw spike windows) cannot be measured on a CPU machine: the base preset, of the
 same width and depths, already needs 4.2 GB at 3 x 64 x 64 with activation checkpointing (``bench model``), and the
 crop has 18 times those pixels; nor DeepSpeed's gradient buckets and the transient fp32 gradient partition at the
@@ -34,7 +36,7 @@ import copy
 import time
 import warnings
 from pathlib import Path
-from typing import Iterable
+from typing import Iterable, Optional
 
 import torch
 from torch import nn
@@ -44,9 +46,10 @@ from ds_deblur.bench.memory import ROLES, SHARDED_FROM
 from ds_deblur.bench.model_speed import PeakMemory
 from ds_deblur.config import load_config
 from ds_deblur.config.kair import read_option_file
-from ds_deblur.models.presets import build_model, build_svrt
+from ds_deblur.models.presets import build_model
 from ds_deblur.models.svrt.net import SVRTNet
 from ds_deblur.models.svrt.options import OPERATORS, parse_net_options
+from ds_deblur.zero.staged import freeze
 
 DEMO_CONFIG = REPO / "ds_configs/svrt_early_fusion_cpu.json"
 SERVER_CONFIG = REPO / "ds_configs/svrt_server_pase_residual_scflow.json"
@@ -59,6 +62,8 @@ OTHER_SVRT = ("input_concat", "middle_gated", "hybrid_gated")
 OURS = ("ours", "rgb_only")
 MODELS = (*OPERATORS, *OTHER_SVRT, *OURS)
 ZERO_STAGE = 2
+# S-VRT's LoRA recipe: its use_lora defaults (rank 8, alpha 16, qkv and proj) with freeze_backbone.
+LORA_SETS = ["MODEL.LORA_RANK=8", "MODEL.LORA_ALPHA=16", "TRAIN.FREEZE_BACKBONE=true"]
 # Bytes a parameter costs in each of bench memory's roles. bf16: DeepSpeed's ZeRO optimizer keeps bf16 weights and
 # gradients, fp32 master weights and two fp32 Adam moments (the ZeRO paper's 2 + 2 + 12). fp32: the engine keeps a
 # separate fp32 master partition all the same (bench memory measured it from ZeRO 1 on).
@@ -173,30 +178,42 @@ def train_step(model: nn.Module, blur: torch.Tensor, spike: torch.Tensor) -> Non
     model.zero_grad(set_to_none=True)
 
 
-def server_model(config: Path) -> SVRTNet:
-    """The recipe's network on the meta device: shapes only, no memory, no weight files read."""
+def server_model(config: Path, sets: Iterable[str] = ()) -> nn.Module:
+    """The recipe's network (with ``sets``) on the meta device, its frozen parameters marked as the trainer marks
+    them: shapes only, no memory, no weight files read."""
     with warnings.catch_warnings():  # the option file's launcher keys (gpu_ids, dist) mean nothing here
         warnings.simplefilter("ignore")
-        cfg = load_config(config, ["MODEL.INIT_WEIGHTS=null", "netG.optical_flow.checkpoint=null"])
+        cfg = load_config(config, ["MODEL.INIT_WEIGHTS=null", "netG.optical_flow.checkpoint=null", *sets])
     with torch.device("meta"):
-        return build_svrt(cfg)
+        model = build_model(cfg)
+    freeze(model, cfg)
+    return model
 
 
-def per_rank_mib(params: int, precision: str, world: int, stage: int = ZERO_STAGE) -> dict[str, float]:
-    """MiB of each role one rank holds for ``params`` parameters: what ``stage`` shards is 1/``world`` of it."""
-    held = {role: params * BYTES_PER_PARAM[precision][role] / (world if stage >= SHARDED_FROM[role] else 1) / MIB
-            for role in ROLES}
+def per_rank_mib(params: int, precision: str, world: int, stage: int = ZERO_STAGE,
+                 trained: Optional[int] = None) -> dict[str, float]:
+    """MiB of each role one rank holds for ``params`` parameters of which ``trained`` (default: all) train: the
+    frozen ones have only weights; what ``stage`` shards is 1/``world`` of it."""
+    counts = {role: params if role == "parameters" or trained is None else trained for role in ROLES}
+    held = {role: counts[role] * BYTES_PER_PARAM[precision][role] / (world if stage >= SHARDED_FROM[role] else 1)
+            / MIB for role in ROLES}
     return {**{f"{role}_mib": value for role, value in held.items()}, "total_mib": sum(held.values())}
 
 
 def memory_per_rank(config: Path, world_sizes: Iterable[int]) -> dict:
-    model = server_model(config)
-    params = _count([model])
+    """Per rank, the recipe trained whole and with LoRA adapters on a frozen backbone (LORA_SETS)."""
+    model, lora = server_model(config), server_model(config, LORA_SETS)
+    params, lora_params = _count([model]), _count([lora])
+    trained = sum(p.numel() for p in lora.parameters() if p.requires_grad)
     return {"config": str(config), "zero_stage": ZERO_STAGE, "params": params,
             "fusion_params": _count(fusion_modules(model)), "bytes_per_param": BYTES_PER_PARAM,
             "not_included": NOT_INCLUDED,
             "rows": [{"precision": precision, "world_size": world, **per_rank_mib(params, precision, world)}
-                     for precision in BYTES_PER_PARAM for world in world_sizes]}
+                     for precision in BYTES_PER_PARAM for world in world_sizes],
+            "lora": {"sets": LORA_SETS, "params": lora_params, "trained_params": trained,
+                     "rows": [{"precision": precision, "world_size": world,
+                               **per_rank_mib(lora_params, precision, world, trained=trained)}
+                              for precision in BYTES_PER_PARAM for world in world_sizes]}}
 
 
 def _millions(count: int) -> str:
@@ -211,14 +228,21 @@ def table(results: dict) -> str:
           f"{r['peak_train_MiB']:.0f}"] for r in results["rows"]])
     s = results["settings"]
     memory = results["memory"]
-    per_rank = format_table(
-        ["precision", "ranks", "weights MiB", "grads MiB", "fp32 master MiB", "Adam MiB", "total MiB"],
-        [[m["precision"], m["world_size"], *(f"{m[f'{role}_mib']:.1f}" for role in ROLES), f"{m['total_mib']:.1f}"]
-         for m in memory["rows"]])
+    per_rank, lora = _per_rank_table(memory["rows"]), memory["lora"]
     return "\n".join([
         f"Training step, B x T x S x H x W = {' x '.join(map(str, s['shape_BTSHW']))}, {s['dtype']}, CPU, "
         f"{s['threads']} thread{'s' if s['threads'] > 1 else ''}, median and min of {s['rounds']} rounds after a "
         "warm-up:", speed, "",
         f"Per rank under ZeRO {memory['zero_stage']}: {Path(memory['config']).name}, "
         f"{_millions(memory['params'])} parameters ({_millions(memory['fusion_params'])} in the fusion):",
-        per_rank, f"Not included: {memory['not_included']}."])
+        per_rank, "",
+        f"With LoRA adapters on a frozen backbone ({', '.join(lora['sets'])}): {_millions(lora['params'])} "
+        f"parameters, {_millions(lora['trained_params'])} trained (the fusion and the adapters):",
+        _per_rank_table(lora["rows"]), f"Not included: {memory['not_included']}."])
+
+
+def _per_rank_table(rows: list[dict]) -> str:
+    return format_table(
+        ["precision", "ranks", "weights MiB", "grads MiB", "fp32 master MiB", "Adam MiB", "total MiB"],
+        [[m["precision"], m["world_size"], *(f"{m[f'{role}_mib']:.1f}" for role in ROLES), f"{m['total_mib']:.1f}"]
+         for m in rows])

@@ -1,7 +1,7 @@
 """``ds-deblur convert`` and ``ds-deblur inspect``: the checkpoint tools.
 
     ds-deblur convert CKPT_DIR [--tag TAG] --out last.pth
-    ds-deblur convert CKPT_DIR [--tag TAG] --weights-only [--ema] --out model.pth|model.safetensors
+    ds-deblur convert CKPT_DIR [--tag TAG] --weights-only [--ema] [--merge-lora] --out model.pth|model.safetensors
     ds-deblur inspect outputs/ckpts | outputs/ckpts/step_000500 | outputs/ckpts/last.pth [--json]
 
 ``convert``: CKPT_DIR is a checkpoint directory (its ``latest`` tag unless --tag is given) or a tag directory. Only
@@ -36,6 +36,9 @@ def convert_parser(prog: str = "ds-deblur convert") -> argparse.ArgumentParser:
                                                      "model.pth or model.safetensors")
     parser.add_argument("--weights-only", action="store_true",
                         help="write only the fp32 weights and buffers (a plain state dict; no optimizer)")
+    parser.add_argument("--merge-lora", action="store_true",
+                        help="with --weights-only: fold the LoRA adapters into their layers' weights, under the "
+                             "plain layer names (S-VRT's {iter}_G_merged.pth), for runs without adapters")
     parser.add_argument("--ema", action="store_true",
                         help="with --weights-only: the EMA weights (runs with TRAIN.EMA_DECAY > 0; the full "
                              "last.pth holds both as state_dict and state_dict_ema)")
@@ -60,11 +63,14 @@ def convert_main(argv: Optional[list[str]] = None) -> int:
     if args.ema and not args.weights_only:
         parser.error("--ema goes with --weights-only (the full single file holds both state_dict and "
                      "state_dict_ema)")
+    if args.merge_lora and not args.weights_only:
+        parser.error("--merge-lora goes with --weights-only (the full single file keeps the adapters to resume)")
     start = time.perf_counter()
 
     def work() -> Path:
         from ds_deblur.ckpt.export import export_tag
-        return export_tag(args.ckpt, args.tag, args.out, args.weights_only, ema=args.ema)
+        return export_tag(args.ckpt, args.tag, args.out, args.weights_only, ema=args.ema,
+                          merge_lora=args.merge_lora)
 
     out = _run(parser, work)
     if out is None:

@@ -41,16 +41,17 @@ def export_single_file(tag_dir: Path, out_path: Path) -> Path:
 
 
 def export_tag(ckpt: Union[str, Path], tag: Optional[str], out: Union[str, Path], weights_only: bool = False,
-               ema: bool = False) -> Path:
+               ema: bool = False, merge_lora: bool = False) -> Path:
     """``ds-deblur convert``: write the tag named by ``ckpt`` (a checkpoint dir, + ``tag``, or a tag dir) to
     ``out``: the full training state (with the EMA weights when the run kept them), or only the fp32 weights
-    (``.safetensors`` or ``.pth``; ``ema``: the EMA weights)."""
+    (``.safetensors`` or ``.pth``; ``ema``: the EMA weights; ``merge_lora``: LoRA adapters folded in, under the
+    plain layer names)."""
     location = resolve(ckpt, tag)
     if location.kind == "file":
         raise CheckpointFormatError(f"{location.path} is a file; convert reads DeepSpeed tags: pass the checkpoint "
                                     f"directory (CKPT_DIR) or a tag directory (CKPT_DIR/TAG)")
     if weights_only:
-        return export_weights(location.path, Path(out), ema=ema)
+        return export_weights(location.path, Path(out), ema=ema, merge_lora=merge_lora)
     return export_single_file(location.path, Path(out))
 
 

@@ -33,7 +33,7 @@ from ds_deblur.ckpt.tags import (BEST, Location, newest_complete, read_latest, r
                                  tag_problem)
 from ds_deblur.ckpt.weights import load_state_dict_strict, load_weights, read_weights
 from ds_deblur.config import Config, canonical_dict
-from ds_deblur.errors import CheckpointError, ConfigError, DsDeblurError
+from ds_deblur.errors import CheckpointError, CheckpointFormatError, ConfigError, DsDeblurError
 from ds_deblur.zero.ema import ShardedEMA
 
 Say = Callable[[str], None]
@@ -102,8 +102,10 @@ class CheckpointManager:
                               "TRAIN.RESUME_FROM_CHECKPOINT: true)")
         if args.init_weights or (self.cfg.MODEL.INIT_WEIGHTS and not resume):
             init = args.init_weights or self.cfg.MODEL.INIT_WEIGHTS
-            what = load_weights(model, init)
+            what, report = load_weights(model, init, partial=self.cfg.MODEL.INIT_PARTIAL)
             self.say(f"[train] Initialised weights from {init} ({what}); new run from step 0")
+            if report:
+                self.say(f"[train] {report}")
             if not args.init_weights:  # --init-weights starts from its file alone, EMA included
                 self._init_ema = self.cfg.MODEL.INIT_EMA_WEIGHTS
             return
@@ -133,10 +135,7 @@ class CheckpointManager:
 
     def _prepare_single_file(self, single: dict, model: torch.nn.Module) -> None:
         if single["meta"].get("format") == "svrt":
-            self.say(f"[train] S-VRT weights of iteration {single['step']}"
-                     f"{' with its EMA weights' if single.get('state_dict_ema') is not None else ''}: they hold no "
-                     f"optimizer state, so the Adam moments start afresh and the LR schedule is stepped to "
-                     f"{single['step']}; the weights load strictly")
+            self._say_svrt_continuation(single, model)
         elif single["config"] is None:
             self.say("[train] A checkpoint of the original S-VRT trainer: it stores no config, so this run's config "
                      "must describe the same model (as the original's guide asks); the weights load strictly")
@@ -144,6 +143,20 @@ class CheckpointManager:
             self._check_fits(single["config"])
         load_state_dict_strict(model, single["state_dict"], self._source)  # every ZeRO stage starts from these
         self._complete = lambda engine: load_single(engine, single, not self._reset_optimizer, self.ema)
+
+    def _say_svrt_continuation(self, single: dict, model: torch.nn.Module) -> None:
+        """What an S-VRT run's files carry over, in one line; its Adam state must number this model's parameters."""
+        optimizer, step = single["optimizer"], single["step"]
+        carried = ["weights"] + ["EMA"] * (single.get("state_dict_ema") is not None) + ["Adam moments"] * bool(
+            optimizer)
+        if optimizer:
+            saved, ours = sum(len(g["params"]) for g in optimizer["param_groups"]), len(list(model.parameters()))
+            if saved != ours:
+                raise CheckpointFormatError(f"{single['meta']['optimizer_file']} holds Adam state for {saved} "
+                                            f"parameters, this model has {ours}: not this network's optimizer")
+        missing = "" if optimizer else f", Adam moments (no {step}_optimizerG.pth)"
+        self.say(f"[train] S-VRT's iteration {step}: {', '.join(carried)} carried over; not in its files, so started "
+                 f"afresh: LR schedule (stepped to {step}), data order, RNG state{missing}")
 
     def _prepare_tag(self, tag_dir: Path, model: torch.nn.Module, ds_config: dict) -> None:
         tag = open_tag(tag_dir)

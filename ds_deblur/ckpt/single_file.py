@@ -26,7 +26,6 @@ anything runs.
 from __future__ import annotations
 
 import pickle
-import re
 import zipfile
 from pathlib import Path
 from typing import Any, Union
@@ -35,12 +34,12 @@ import torch
 
 from ds_deblur.ckpt.gather import Gathered, Tag, gather, module_state_dict, open_tag, param_order
 from ds_deblur.ckpt.keys import model_keys
+from ds_deblur.ckpt.tags import SVRT_WEIGHTS
 from ds_deblur.errors import CheckpointFormatError, CheckpointNotFoundError
 from ds_deblur.zero.ema import ema_file, read_ema_file
 
 FORMAT = 1
 # S-VRT's own weights files (KAIR's save_network): {iter}_G.pth, {iter}_E.pth (EMA), {iter}_G_merged.pth (LoRA folded).
-SVRT_WEIGHTS = re.compile(r"^(?P<iter>\d+)_(?P<net>G|E|G_merged)\.pth$")
 KEYS = ("step", "epoch", "best_psnr", "state_dict", "optimizer", "scheduler", "scaler", "config", "meta")
 PathLike = Union[str, Path]
 
@@ -130,15 +129,31 @@ def is_svrt_weights(path: Path, obj: Any) -> bool:
 
 
 def from_svrt_weights(path: Path, weights: dict) -> dict:
-    """``--resume ITER_G.pth``: S-VRT's weights at iteration ITER in our layout, with its ``ITER_E.pth`` beside it
-    as the EMA weights when there is one. It holds no optimizer or schedule state: the Adam moments start afresh
-    and the schedule is stepped to ITER."""
+    """``--resume ITER_G.pth`` (or an S-VRT experiment's ``models/`` folder): S-VRT's weights at iteration ITER in
+    our layout, with the ``ITER_E.pth`` beside it as the EMA weights and the Adam state of ``ITER_optimizerG.pth``
+    (``torch.optim.Adam`` over all of the network's parameters, in order) when they are there. S-VRT saves no
+    schedule: the schedule is stepped to ITER."""
     step = int(SVRT_WEIGHTS.match(path.name)["iter"])
     ema_path = path.with_name(f"{step}_E.pth")
     ema = model_keys(read_weights_only(ema_path), ema_path) if ema_path.is_file() and ema_path != path else None
+    optimizer_path = path.with_name(f"{step}_optimizerG.pth")
+    optimizer = svrt_optimizer(optimizer_path) if optimizer_path.is_file() and path.name == f"{step}_G.pth" else None
     return {"step": step, "epoch": 0, "best_psnr": float("-inf"), "state_dict": model_keys(weights, path),
-            "optimizer": None, "scheduler": None, "scaler": None, "config": None, "state_dict_ema": ema,
-            "meta": {"format": "svrt", "world_size": None, "data": None, "best_step": 0, "loss_scaler": None}}
+            "optimizer": optimizer, "scheduler": None, "scaler": None, "config": None, "state_dict_ema": ema,
+            "meta": {"format": "svrt", "world_size": None, "data": None, "best_step": 0, "loss_scaler": None,
+                     "optimizer_file": str(optimizer_path) if optimizer else None}}
+
+
+def svrt_optimizer(path: Path) -> dict:
+    """S-VRT's ``{iter}_optimizerG.pth``: a torch optimizer state dict (Adam's moments by parameter index)."""
+    saved = read_weights_only(path)
+    state, groups = (saved.get("state"), saved.get("param_groups")) if isinstance(saved, dict) else (None, None)
+    if not isinstance(state, dict) or not isinstance(groups, list) or \
+            any(not {"exp_avg", "exp_avg_sq", "step"} <= set(s) for s in state.values()):
+        raise CheckpointFormatError(f"{path} is not a torch Adam state dict (state with exp_avg, exp_avg_sq and "
+                                    f"step per parameter, param_groups): move it away to start the Adam moments "
+                                    f"afresh")
+    return saved
 
 
 def single_file_step(path: Path) -> Any:

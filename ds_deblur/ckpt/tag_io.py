@@ -145,7 +145,9 @@ def load_single(engine: Any, ckpt: dict, load_optimizer: bool = True, ema: Optio
             moments = ckpt["optimizer"]["state"]
             _prepare_adam_state(engine, _group_steps(ckpt["optimizer"], len(engine.optimizer.param_groups)))
             for index, (_, param) in enumerate(params):
-                for key in ("exp_avg", "exp_avg_sq") if param.requires_grad else ():
+                # A parameter without saved moments (S-VRT's Adam holds none for one that never had a gradient)
+                # keeps fresh zeros.
+                for key in ("exp_avg", "exp_avg_sq") if param.requires_grad and index in moments else ():
                     partitions.set_full(param, moments[index][key], key)
             restored["optimizer"] = True
         restored["scheduler"] = _restore_schedule(engine.lr_scheduler, ckpt["scheduler"], ckpt["step"])

@@ -24,6 +24,7 @@ from ds_deblur.errors import CheckpointFormatError, CheckpointNotFoundError
 
 COMMIT = "COMMIT.json"
 LATEST = "latest"
+SVRT_WEIGHTS = re.compile(r"^(?P<iter>\d+)_(?P<net>G|E|G_merged)\.pth$")  # S-VRT's weights files
 BEST = "best"
 PARTIAL = ".partial"
 STEP_TAG = re.compile(r"^step_(\d+)$")
@@ -163,9 +164,16 @@ class Location:
         return self.path.name
 
 
+def newest_svrt_weights(folder: Path) -> Optional[Path]:
+    """The newest ``{iter}_G.pth`` of an S-VRT experiment's ``models/`` folder (what S-VRT's
+    ``pretrained_netG: auto`` finds), or None."""
+    found = [(int(m["iter"]), p) for p in folder.glob("*_G.pth") if (m := SVRT_WEIGHTS.match(p.name))]
+    return max(found)[1] if found else None
+
+
 def resolve(path: PathLike, tag: Optional[str] = None, complete: bool = True) -> Location:
     """What ``path`` is: a file, a tag directory, or a checkpoint directory, which stands for its ``latest`` tag
-    (or ``tag`` inside it).
+    (or ``tag`` inside it); an S-VRT experiment's ``models/`` folder stands for its newest ``{iter}_G.pth``.
 
     A missing path is ``CheckpointNotFoundError`` ("Checkpoint not found: PATH"). With ``complete`` (loading), a
     directory that is neither a tag nor holds ``latest``, or a tag that is not complete, is
@@ -188,6 +196,9 @@ def resolve(path: PathLike, tag: Optional[str] = None, complete: bool = True) ->
         return Location("dir", path)
     else:
         name = read_latest(path)
+        svrt = newest_svrt_weights(path) if name is None else None
+        if svrt is not None:
+            return Location("file", svrt)
         if name is None:
             found = ", ".join(p.name for p in list_tags(path)) or "none"
             raise CheckpointFormatError(

@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Optional, Union
+from typing import Mapping, Optional, Union
 
 import torch
 from safetensors import safe_open
@@ -25,6 +25,7 @@ from ds_deblur.ckpt.keys import model_keys
 from ds_deblur.ckpt.single_file import read_weights_only
 from ds_deblur.ckpt.tags import Location, resolve
 from ds_deblur.errors import CheckpointFormatError
+from ds_deblur.models.lora import as_base_weights, fold
 
 PathLike = Union[str, Path]
 
@@ -93,18 +94,46 @@ def _wants_ema(ema: Optional[bool], config: Optional[dict], available: bool, pat
     return ema
 
 
-def load_into(model: torch.nn.Module, weights: Weights, path: PathLike) -> None:
+def load_into(model: torch.nn.Module, weights: Weights, path: PathLike, partial: bool = False) -> Optional[str]:
     """Load strictly: every key of the model (of its VRT backbone for an official VRT file: ``model.vrt``, or
-    S-VRT's network's own backbone keys) must be in the weights."""
-    target, state = model, weights.state_dict
-    if weights.backbone_only and hasattr(model, "with_backbone"):
+    S-VRT's network's own backbone keys) must be in the weights. Plain weights fill the base layers of a model with
+    LoRA adapters (the adapters stay as initialised). ``partial``: load the tensors whose names and shapes match,
+    leave the rest as initialised, and return the report of :func:`load_matching`."""
+    source = f"{path} ({weights.what})"
+    svrt_backbone = weights.backbone_only and hasattr(model, "with_backbone")
+    target = getattr(model, "vrt", model) if weights.backbone_only and not svrt_backbone else model
+    state = as_base_weights(target, weights.state_dict)
+    if partial:
+        return load_matching(target, state, source)
+    if svrt_backbone:
         try:
             state = model.with_backbone(state)
         except ValueError as err:
-            raise CheckpointFormatError(f"{path} ({weights.what}): {err}") from None
-    elif weights.backbone_only:
-        target = getattr(model, "vrt", model)
-    load_state_dict_strict(target, state, f"{path} ({weights.what})")
+            raise CheckpointFormatError(f"{source}: {err}") from None
+    load_state_dict_strict(target, state, source)
+    return None
+
+
+def load_matching(module: torch.nn.Module, state_dict: Mapping[str, torch.Tensor], source: object) -> str:
+    """Copy into ``module`` the tensors of ``state_dict`` whose names and shapes match (S-VRT's partial load, by
+    name rather than KAIR's by position); returns the report: loaded, skipped for shape, missing, unexpected."""
+    own = module.state_dict()
+    loaded = {k: v for k, v in state_dict.items() if k in own and own[k].shape == v.shape}
+    if not loaded:
+        raise CheckpointFormatError(f"{source} shares no tensor of the same name and shape with this model: "
+                                    f"nothing to load partially (check the file and MODEL.NETG / MODEL.PRESET)")
+    module.load_state_dict(loaded, strict=False)
+    misshapen = [f"{k} file {tuple(v.shape)} model {tuple(own[k].shape)}" for k, v in state_dict.items()
+                 if k in own and k not in loaded]
+    rows = [("loaded", len(loaded), []), ("skipped for shape", len(misshapen), misshapen),
+            ("missing (as initialised)", len(own.keys() - state_dict.keys()),
+             [k for k in own if k not in state_dict]),
+            ("unexpected (ignored)", len(state_dict.keys() - own.keys()), [k for k in state_dict if k not in own])]
+    lines = [f"partial load of {source}:"]
+    for label, count, keys in rows:
+        lines.append(f"  {label:<26}{count:>7}" + (f"  {', '.join(keys[:6])}{', ...' if len(keys) > 6 else ''}"
+                                                  if keys else ""))
+    return "\n".join(lines)
 
 
 def load_state_dict_strict(module: torch.nn.Module, state_dict: dict, source: object) -> None:
@@ -122,26 +151,38 @@ def load_state_dict_strict(module: torch.nn.Module, state_dict: dict, source: ob
             f"{_few(result.unexpected_keys)}. Check MODEL.PRESET and the other MODEL keys")
 
 
-def load_weights(model: torch.nn.Module, path: PathLike) -> str:
-    """``--init-weights``: load the weights of ``path`` into ``model``; returns what was loaded, in words."""
+def load_weights(model: torch.nn.Module, path: PathLike, partial: bool = False) -> tuple[str, Optional[str]]:
+    """``--init-weights``: load the weights of ``path`` into ``model``; returns what was loaded, in words, and with
+    ``partial`` the report of :func:`load_matching`."""
     weights = read_weights(path)
-    load_into(model, weights, path)
-    return weights.what
+    return weights.what, load_into(model, weights, path, partial)
+
+
+def lora_scaling(config: Optional[dict], source: object) -> float:
+    """alpha / rank of the LoRA adapters of a run with ``config`` (its saved config); an error when it has none."""
+    model = (config or {}).get("MODEL") or {}
+    if not model.get("LORA_RANK"):
+        raise CheckpointFormatError(f"{source} was trained without LoRA adapters (MODEL.LORA_RANK 0): there is "
+                                    f"nothing to merge; leave out --merge-lora")
+    return float(model["LORA_ALPHA"]) / int(model["LORA_RANK"])
 
 
 def _few(keys: list) -> str:
     return f"{len(keys)} keys" + (f" ({', '.join(keys[:4])}{', ...' if len(keys) > 4 else ''})" if keys else "")
 
 
-def export_weights(tag_dir: Path, out_path: PathLike, ema: bool = False) -> Path:
+def export_weights(tag_dir: Path, out_path: PathLike, ema: bool = False, merge_lora: bool = False) -> Path:
     """Write a complete tag's fp32 weights (``ema``: its EMA weights) and buffers: safetensors for
-    ``*.safetensors``, else ``torch.save``."""
+    ``*.safetensors``, else ``torch.save``; ``merge_lora``: with the LoRA adapters folded in (S-VRT's
+    ``_G_merged.pth`` keys), which a run without adapters loads."""
     tag = open_tag(tag_dir)
     if ema and not has_ema(tag):
         raise CheckpointFormatError(f"{tag_dir} has no EMA weights (no ema_rank*.pt: the run trained with "
                                     f"TRAIN.EMA_DECAY 0); leave out --ema")
     gathered = gather(tag, with_moments=False, with_ema=ema)
     weights = module_state_dict(tag, gathered.ema if ema else gathered.weights)
+    if merge_lora:
+        weights = fold(weights, lora_scaling(tag.state.get("config"), tag_dir))
     if Path(out_path).suffix != ".safetensors":
         return save_atomic(weights, out_path)
     seen: set[int] = set()

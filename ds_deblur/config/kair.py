@@ -37,9 +37,9 @@ _TOKENS = re.compile(r'"(?:[^"\\\n]|\\.)*"|//[^\n]*|/\*(?:.*?\*/|.*)', re.S)
 _SECRET_WORDS = {"password", "passwd", "secret", "secrets", "credential", "credentials"}
 _SECRET_ENDINGS = ("api_key", "apikey", "access_key", "private_key", "token")
 
-# S-VRT's recipe: LoRA, training phases and two runs. A key listed here is an error when it is on.
-RECIPE_KEYS = ("use_lora", "freeze_backbone", "partial_load", "two_run", "phase2_fusion_aux_loss_weight")
-LORA_KEYS = ("lora_rank", "lora_alpha", "lora_target_modules", "phase2_lora_mode")  # on with use_lora
+# S-VRT's recipe not supported yet: fusion-first phases and two runs. A key listed here is an error when it is on.
+RECIPE_KEYS = ("two_run", "phase2_fusion_aux_loss_weight", "phase2_lora_mode")
+LORA_DEFAULTS = {"lora_rank": 8, "lora_alpha": 16, "lora_target_modules": ["qkv", "proj"]}  # S-VRT's
 PHASE1_KEYS = ("phase1_fusion_aux_loss_weight", "fusion_passthrough_loss_weight", "fusion_warmup")  # on with fix_iter
 
 # Options whose other values ds_deblur does not do: option -> (the values it does, why). A "*" stands for train
@@ -70,6 +70,7 @@ DIRECT = {
     "train.checkpoint_print": "LOG.LOG_EVERY_STEPS",
     "train.G_optimizer_lr": "TRAIN.OPTIM.LR",
     "train.G_lossfn_weight": "LOSS.CHARBONNIER.WEIGHT",
+    "train.partial_load": "MODEL.INIT_PARTIAL",
     "val.size_patch_overlapping": "TRAIN.VAL_TILE_OVERLAP",
     "logging.use_tensorboard": "LOG.TENSORBOARD",
     f"{TRAIN_SET}.num_frame": "DATA.CLIP_LEN",
@@ -276,15 +277,14 @@ def _on(value: Any) -> bool:
 
 
 def _check_recipe(options: dict, origin: str) -> None:
-    """S-VRT's recipe (LoRA, training phases, two runs) is an error when any of it is on."""
+    """The part of S-VRT's recipe not supported yet (fusion-first phases, two runs) is an error when any of it is
+    on."""
     found = []  # (option, its value)
     for section in ("train", NETWORK):
         opts = options.get(section)
         if not isinstance(opts, dict):
             continue
         found += [(f"{section}.{k}", opts[k]) for k in RECIPE_KEYS if _on(opts.get(k))]
-        if _on(opts.get("use_lora")):
-            found += [(f"{section}.{k}", opts[k]) for k in LORA_KEYS if k in opts]
     train = options.get("train") if isinstance(options.get("train"), dict) else {}
     if _on(train.get("fix_iter")):
         found += [(f"train.{k}", train[k]) for k in PHASE1_KEYS if _on(train.get(k))]
@@ -294,7 +294,7 @@ def _check_recipe(options: dict, origin: str) -> None:
     if found:
         names = ", ".join(name for name, _ in found)
         verb, pronoun = ("is", "it") if len(found) == 1 else ("are", "them")
-        raise ConfigError(f"{origin}: {names} {verb} part of S-VRT's training recipe (LoRA, training phases, two "
+        raise ConfigError(f"{origin}: {names} {verb} part of S-VRT's training recipe (fusion-first phases, two "
                           f"runs), which ds_deblur does not support yet: turn {pronoun} off, e.g. --set "
                           f"{_off_setting(*found[0])}")
 
@@ -515,6 +515,21 @@ def _map_train(m: _Mapping) -> None:
     seed = m.get("train.manual_seed")
     if seed is not None and m.wanted("SEED"):  # null: S-VRT draws a seed; ours stays
         m.put("SEED", seed, "train.manual_seed")
+    _map_lora(m)
+
+
+def _map_lora(m: _Mapping) -> None:
+    """use_lora and its options; S-VRT trains the adapted layers' own weights too unless freeze_backbone."""
+    m.copy("train.freeze_backbone", "TRAIN.FREEZE_BACKBONE")
+    if not _on(m.get("train.use_lora")):
+        return  # its options stay unread: listed as ignored
+    settings = {k: m.get(f"train.{k}", default) for k, default in LORA_DEFAULTS.items()}
+    for option, target in (("lora_rank", "MODEL.LORA_RANK"), ("lora_alpha", "MODEL.LORA_ALPHA"),
+                           ("lora_target_modules", "MODEL.LORA_TARGETS")):
+        if m.wanted(target):
+            m.put(target, settings[option], f"train.{option}")
+    if m.wanted("MODEL.LORA_FREEZE_BASE"):
+        m.put("MODEL.LORA_FREEZE_BASE", bool(m.get("train.freeze_backbone")), "train.freeze_backbone")
 
 
 def _map_loss(m: _Mapping) -> None:

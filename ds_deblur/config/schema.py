@@ -179,6 +179,19 @@ class ModelConfig:
                                             "path.pretrained_netG); --init-weights wins")
     INIT_EMA_WEIGHTS: Optional[str] = key(None, "a local weights file the EMA weights start from in a new run "
                                                 "(S-VRT's path.pretrained_netE); null = INIT_WEIGHTS")
+    INIT_PARTIAL: bool = key(False, "load from INIT_WEIGHTS / --init-weights only the tensors whose names and shapes "
+                                    "match the model and report the rest (S-VRT's train.partial_load); false = "
+                                    "every key must fit")
+    LORA_RANK: int = key(0, "rank of LoRA adapters on the backbone's linear layers named by LORA_TARGETS (S-VRT's "
+                            "lora_rank with use_lora); 0 = no adapters", fixed_on_resume=True, ge=0)
+    LORA_ALPHA: float = key(16.0, "LoRA scale numerator: an adapter adds (LORA_ALPHA / LORA_RANK) B(A(x)) (S-VRT's "
+                                  "lora_alpha)", fixed_on_resume=True, gt=0)
+    LORA_TARGETS: list[str] = key(["qkv", "proj"], "substrings of the linear layers' own names that get adapters "
+                                                   "(S-VRT's lora_target_modules); never in the fusion module, the "
+                                                   "flow net or the alignment", fixed_on_resume=True, nonempty=True,
+                                  why="an empty string would match every linear layer")
+    LORA_FREEZE_BASE: bool = key(True, "keep the adapted layers' own weights out of the optimizer (S-VRT trains them "
+                                       "too unless train.freeze_backbone)", fixed_on_resume=True)
     IDENTITY_INIT: Optional[bool] = key(None, "start as the identity (zero last conv: output = blurry input); "
                                               "null = the preset's (tiny: true, others: false, VRT's own init)")
     VRT_CFG: Optional[str] = key(None, "a VRT options YAML (KAIR style, netG section): its img_size and "
@@ -266,6 +279,8 @@ class TrainConfig:
                               why="an empty string would match every parameter")
     FIX_LR_MUL: float = key(1.0, "learning-rate multiplier of the FIX_KEYS parameters' group (KAIR's fix_lr_mul)",
                             gt=0)
+    FREEZE_BACKBONE: bool = key(False, "train only the fusion module and the LoRA adapters: every other parameter "
+                                       "stays out of the optimizer (S-VRT's freeze_backbone)", fixed_on_resume=True)
     FREEZE: list[str] = key([], "name substrings of parameters that never train (e.g. ['vrt.']: the spike branch "
                                 "and fusion train on a frozen backbone); they stay out of the optimizer",
                             fixed_on_resume=True, nonempty=True, why="an empty string would match every parameter")

@@ -36,8 +36,7 @@ import numpy as np
 from ds_deblur.errors import DatasetError
 
 from .layout import Root, scan_split
-from .representations import (FORMATS, REPRS, SHORT_POLICIES, SpikeRepr, artifact_dir, artifact_path,
-                              write_artifact)
+from .representations import FORMATS, REPRS, SHORT_POLICIES, SpikeRepr, artifact_dir, artifact_path, write_artifact
 from .roots import DataLayout, add_layout_arguments, layout_options, open_layout
 from .voxel import VoxelStats, compute_stats, voxelize_dat
 

@@ -14,6 +14,7 @@ import yaml
 from torch import nn
 
 from ds_deblur.errors import ConfigError
+from ds_deblur.models.lora import inject_lora
 from ds_deblur.models.svrt.net import SVRTNet
 from ds_deblur.models.svrt.options import parse_net_options
 from ds_deblur.models.vrt import VRT
@@ -122,9 +123,14 @@ def build_model(cfg: Any) -> nn.Module:
     ``cfg.DATA.spike_channels`` (the spike representation's width: DATA.K voxel bins or TFP images, or
     DATA.RAW_WINDOW_LENGTH raw frames). With MODEL.NETG (an S-VRT option file's netG) it is S-VRT's network
     (:class:`SVRTNet`, S-VRT's parameter names); otherwise the preset's :class:`VRTWithSpike`, backbone
-    ``model.vrt``."""
-    if cfg.MODEL.NETG is not None:
-        return build_svrt(cfg)
+    ``model.vrt``. With MODEL.LORA_RANK, LoRA adapters on the linear layers MODEL.LORA_TARGETS names."""
+    model = build_svrt(cfg) if cfg.MODEL.NETG is not None else _build_vrt_spike(cfg)
+    if cfg.MODEL.LORA_RANK:
+        inject_lora(model, cfg.MODEL.LORA_TARGETS, cfg.MODEL.LORA_RANK, cfg.MODEL.LORA_ALPHA)
+    return model
+
+
+def _build_vrt_spike(cfg: Any) -> VRTWithSpike:
     vrt_kwargs, options = vrt_arguments(cfg)
     use_spike = bool(cfg.MODEL.USE_SPIKE)
     channels = _spike_channels(cfg, vrt_kwargs["embed_dims"]) if use_spike else []

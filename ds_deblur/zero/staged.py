@@ -30,9 +30,12 @@ from torch import nn
 
 from ds_deblur.config import Config
 from ds_deblur.errors import ConfigError
+from ds_deblur.models.lora import lora_layers
 from ds_deblur.zero import partitions
 
 FIXED_GROUP = 1  # the FIX_KEYS parameters' optimizer group (the others are group 0)
+# What TRAIN.FREEZE_BACKBONE leaves trainable, by name (S-VRT's freeze_backbone markers).
+BACKBONE_EXCEPTIONS = ["fusion_adapter", "fusion_operator", "lora_A", "lora_B"]
 
 
 def matches(name: str, keys: list[str]) -> bool:
@@ -40,16 +43,24 @@ def matches(name: str, keys: list[str]) -> bool:
 
 
 def freeze(model: nn.Module, cfg: Config) -> list[str]:
-    """Set ``requires_grad=False`` on the TRAIN.FREEZE parameters (before ``deepspeed.initialize``); returns their
-    names."""
+    """Set ``requires_grad=False`` (before ``deepspeed.initialize``) on the TRAIN.FREEZE parameters, with
+    TRAIN.FREEZE_BACKBONE on all but the fusion module's and the adapters', and with MODEL.LORA_FREEZE_BASE on the
+    adapted layers' own weights; returns their names."""
     keys = cfg.TRAIN.FREEZE
     params = dict(model.named_parameters())
-    names = [name for name in params if matches(name, keys)]
-    if keys and not names:
+    chosen = [name for name in params if matches(name, keys)]
+    if keys and not chosen:
         raise ConfigError(f"TRAIN.FREEZE {keys} matches no parameter of this model (names look like "
                           f"{', '.join(list(params)[:3])})")
-    if keys and len(names) == len(params):
-        raise ConfigError(f"TRAIN.FREEZE {keys} matches every parameter: nothing would train")
+    if cfg.TRAIN.FREEZE_BACKBONE:
+        chosen += [name for name in params if not matches(name, BACKBONE_EXCEPTIONS)]
+    if cfg.MODEL.LORA_RANK and cfg.MODEL.LORA_FREEZE_BASE:
+        chosen += [f"{layer}.base.{leaf}" for layer, m in lora_layers(model).items() for leaf, _ in
+                   m.base.named_parameters()]
+    names = [name for name in params if name in set(chosen)]
+    if names and len(names) == len(params):
+        with_backbone = " with TRAIN.FREEZE_BACKBONE" if cfg.TRAIN.FREEZE_BACKBONE else ""
+        raise ConfigError(f"TRAIN.FREEZE {keys}{with_backbone} matches every parameter: nothing would train")
     for name in names:
         params[name].requires_grad_(False)
     return names

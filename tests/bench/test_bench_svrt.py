@@ -57,5 +57,16 @@ def test_short_run_counts_parameters_and_shards_the_server_recipe(tmp_path, one_
         assert per_rank[0]["total_mib"] == pytest.approx(memory["params"] * sum(bytes_per_param.values()) / 2 ** 20)
         assert per_rank[-1]["optimizer_state_mib"] == pytest.approx(per_rank[0]["optimizer_state_mib"] / 8)
 
+    lora = memory["lora"]
+    adapted = svrt_bench.server_model(svrt_bench.SERVER_CONFIG, svrt_bench.LORA_SETS)
+    trained = [n for n, p in adapted.named_parameters() if p.requires_grad]
+    assert lora["trained_params"] == sum(p.numel() for p in adapted.parameters() if p.requires_grad)
+    assert trained and all(".lora_" in n or n.startswith(("fusion_operator.", "fusion_adapter.")) for n in trained)
+    assert lora["params"] == memory["params"] + sum(adapted.get_parameter(n).numel() for n in trained if ".lora_" in n)
+    for full, adapters in zip(memory["rows"], lora["rows"]):  # the same weights, far less of everything else
+        assert adapters["optimizer_state_mib"] == pytest.approx(full["optimizer_state_mib"] * lora["trained_params"]
+                                                                / memory["params"])
+        assert adapters["total_mib"] < full["total_mib"]
     text = svrt_bench.table(results)
     assert "pase_residual" in text and "ZeRO 2" in text and "Not included: activations" in text
+    assert "With LoRA adapters on a frozen backbone" in text

@@ -37,7 +37,7 @@ def test_the_guides_weights_only_file_loads(tmp_path, trained):
     path = tmp_path / "weights_only.pth"
     torch.save({"state_dict": trained}, path)  # the original guide's "只保存模型权重" snippet
     model = fresh(2)
-    assert "single file" in load_weights(model, path)
+    assert "single file" in load_weights(model, path)[0]
     assert same(model.state_dict(), trained)
 
 
@@ -47,7 +47,7 @@ def test_official_vrt_params_load_into_the_backbone(tmp_path, trained):
     torch.save({"params": source.vrt.state_dict()}, path)
     model = fresh(2)
     spike_before = {k: v.clone() for k, v in model.state_dict().items() if not k.startswith("vrt.")}
-    assert "official VRT" in load_weights(model, path)
+    assert "official VRT" in load_weights(model, path)[0]
     assert same(model.vrt.state_dict(), source.vrt.state_dict())
     assert same({k: v for k, v in model.state_dict().items() if not k.startswith("vrt.")}, spike_before)
 
@@ -57,7 +57,7 @@ def test_safetensors_export_loads(tmp_path, trained):
     path = tmp_path / "weights.safetensors"
     save_file({k: v.contiguous() for k, v in trained.items()}, str(path))
     model = fresh(2)
-    assert load_weights(model, path) == "weights export"
+    assert load_weights(model, path) == ("weights export", None)
     assert same(model.state_dict(), trained)
 
 
@@ -68,6 +68,52 @@ def test_weights_of_another_model_are_refused_naming_the_file(tmp_path, trained)
         load_weights(fresh(2), path)
     with pytest.raises(Exception, match="Checkpoint not found"):
         load_weights(fresh(2), tmp_path / "nope.pth")
+
+
+def test_partial_load_copies_matching_names_and_shapes_and_reports_the_rest(tmp_path, trained):
+    donor = {k: v for k, v in trained.items() if "spike" not in k}  # the spike branch missing
+    wide = "vrt.conv_first.weight"
+    donor[wide] = torch.zeros(*trained[wide].shape[:-1], trained[wide].shape[-1] + 2)  # another shape
+    donor["extra.weight"] = torch.ones(3)  # a key this model lacks
+    path = tmp_path / "donor.pth"
+    torch.save(donor, path)
+    model = fresh(2)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    what, report = load_weights(model, path, partial=True)
+    assert what == "weights export"
+    state = model.state_dict()
+    for key in state:  # loaded where name and shape fit, untouched elsewhere
+        expected = trained[key] if key in donor and key != wide else before[key]
+        assert torch.equal(state[key], expected), key
+    missing = [k for k in state if k not in donor]
+    lines = {line[2:28].strip(): line[28:].replace(",", "").split() for line in report.splitlines()[1:]}
+    assert lines["loaded"][0] == str(len(donor) - 2)
+    assert lines["skipped for shape"][:2] == ["1", wide]
+    assert lines["missing (as initialised)"][0] == str(len(missing)) and missing
+    assert lines["unexpected (ignored)"][:2] == ["1", "extra.weight"]
+    assert str(path) in report.splitlines()[0]
+    with pytest.raises(CheckpointFormatError, match="no tensor of the same name and shape"):
+        torch.save({"other": torch.ones(1)}, tmp_path / "unrelated.pth")
+        load_weights(fresh(2), tmp_path / "unrelated.pth", partial=True)
+    with pytest.raises(CheckpointFormatError, match="donor.pth .*does not fit"):  # strict stays the default
+        load_weights(fresh(2), path)
+
+
+def test_a_new_run_loads_partially_when_the_config_says_so(tmp_path, trained):
+    path = tmp_path / "donor.pth"
+    torch.save({k: v for k, v in trained.items() if "spike" not in k}, path)
+    args = Namespace(resume=None, init_weights=str(path), reset_optimizer=False)
+    said: list[str] = []
+    partial = load_config(TINY, ["MODEL.INIT_PARTIAL=true"])
+    manager = CheckpointManager(CheckpointOptions(tmp_path / "ckpts", 1, 1, False), partial, None, 1, "fp32",
+                                said.append)
+    model = fresh(2)
+    manager.prepare(args, model, {})
+    assert same(model.vrt.state_dict(), {k[4:]: v for k, v in trained.items() if k.startswith("vrt.")})
+    assert said[-1].startswith(f"[train] partial load of {path}") and "missing (as initialised)" in said[-1]
+    strict = CheckpointManager(CheckpointOptions(tmp_path / "ckpts", 1, 1, False), TINY, None, 1, "fp32", print)
+    with pytest.raises(CheckpointFormatError, match="missing"):
+        strict.prepare(args, fresh(2), {})
 
 
 def test_ema_weights_are_chosen_as_the_run_validated_or_as_asked(tmp_path, trained):
@@ -138,7 +184,7 @@ def test_a_wrapped_models_original_file_loads_like_the_plain_one(original_best, 
     assert got["optimizer"] is want["optimizer"] is None or \
         torch.equal(got["optimizer"]["state"][0]["exp_avg"], want["optimizer"]["state"][0]["exp_avg"])
     model = fresh(2)
-    assert "single file (step 1)" in load_weights(model, wrapped)  # --init-weights
+    assert "single file (step 1)" in load_weights(model, wrapped)[0]  # --init-weights
     assert same(model.state_dict(), original["state_dict"])
     assert same(read_weights(wrapped).state_dict, original["state_dict"])  # ds-deblur infer --ckpt
 

@@ -166,7 +166,7 @@ def test_original_files_read_in_our_layout_and_initialise(original, data, tmp_pa
         ckpt = load_single_file(path)
         assert ckpt["step"] == STEPS and ckpt["config"] is None and ckpt["meta"]["data"] is None
         model = build_model(config_for(data, tmp_path, SETS))
-        assert "single file (step 3)" in load_weights(model, path)  # --init-weights accepts both
+        assert "single file (step 3)" in load_weights(model, path)[0]  # --init-weights accepts both
         assert all(torch.equal(model.state_dict()[k], v) for k, v in ckpt["state_dict"].items())
     best_ckpt, last_ckpt = load_single_file(best), load_single_file(last)
     assert best_ckpt["best_psnr"] == 25.5 and best_ckpt["meta"]["loss_scaler"]["cur_scale"] == SCALE

@@ -57,11 +57,13 @@ SVRT_NET = dict(net_type="vrt", upscale=1, img_size=[2, 64, 64], window_size=[2,
 SVRT = SVRT_DATA + ("MODEL.NETG=" + json.dumps(SVRT_NET),)
 
 
-# One rank and two, every ZeRO stage; the S-VRT cases cover S-VRT's data and network under ZeRO 2 and 3.
+# One rank and two, every ZeRO stage; the S-VRT cases cover S-VRT's data and network under ZeRO 2 (with LoRA
+# adapters on frozen base layers) and 3.
 @pytest.mark.dist
 @pytest.mark.slow
-@pytest.mark.parametrize("stage, ranks, data_sets", [(1, 2, ()), (3, 2, ()), (2, 1, ()), (2, 2, SVRT), (3, 2, SVRT)],
-                         ids=["1-2", "3-2", "2-1", "2-2-svrt", "3-2-svrt"])
+@pytest.mark.parametrize("stage, ranks, data_sets", [(1, 2, ()), (3, 2, ()), (2, 1, ()),
+                                                     (2, 2, SVRT + ("MODEL.LORA_RANK=2",)), (3, 2, SVRT)],
+                         ids=["1-2", "3-2", "2-1", "2-2-svrt-lora", "3-2-svrt"])
 def test_resume_mid_epoch_is_exact(data, tmp_path, stage, ranks, data_sets):
     check_exact_resume(data, tmp_path, ds_json(tmp_path, "ds_configs/cpu_fp32.json", stage), ranks,
                        extra_sets=data_sets)

@@ -14,6 +14,8 @@ from ds_deblur.config import load_config
 from ds_deblur.errors import CheckpointFormatError
 from ds_deblur.models import build_model
 from ds_deblur.models.svrt.net import SVRTNet
+from support.train_utils import model_from_sets, output_of, run_train
+from tests.ckpt.test_resume import SVRT_DATA
 
 NETG = dict(net_type="vrt", upscale=1, img_size=[2, 64, 64], window_size=[2, 8, 8], depths=[1] * 8,
             indep_reconsts=[7], embed_dims=[16] * 8, num_heads=[2] * 8, pa_frames=2, deformable_groups=2,
@@ -80,3 +82,40 @@ def test_a_file_of_another_network_is_refused_naming_keys(tmp_path):
     torch.save(other, tmp_path / "1000_G.pth")
     with pytest.raises(CheckpointFormatError, match="fusion_operator"):
         load_weights(model(tmp_path, 0), tmp_path / "1000_G.pth")
+
+
+@pytest.mark.dist
+@pytest.mark.slow
+def test_an_svrt_experiment_folder_continues_with_its_adam_moments(data, tmp_path):
+    sets = [*SVRT_DATA, "DATA.K=4", "DATA.CLIP_LEN=2", "MODEL.NETG=" + json.dumps(NETG), "TRAIN.EMA_DECAY=0.999"]
+    net = model_from_sets(sets, seed=0)
+    adam = torch.optim.Adam(net.parameters(), lr=1e-3, betas=(0.9, 0.99))  # S-VRT's: every parameter, in order
+    for _ in range(2):  # S-VRT's iterations 1 and 2
+        adam.zero_grad()
+        net(torch.rand(1, 2, 3, 64, 64), torch.rand(1, 2, 4, 64, 64)).square().mean().backward()
+        adam.step()
+    models = tmp_path / "experiments/gated_tiny/models"
+    models.mkdir(parents=True)
+    # EMA weights: the parameters' averages (both registrations of the fusion module); buffers are the network's
+    ema = {k: v.detach() + 0.5 if isinstance(v, torch.nn.Parameter) else v
+           for k, v in net.state_dict(keep_vars=True).items()}
+    torch.save(model_from_sets(sets, seed=9).state_dict(), models / "1_G.pth")  # an older save
+    torch.save(net.state_dict(), models / "2_G.pth")
+    torch.save(ema, models / "2_E.pth")
+    torch.save(adam.state_dict(), models / "2_optimizerG.pth")
+    out = tmp_path / "run"  # the newest files, on 2 ranks under ZeRO 2, saved again at once
+    proc = run_train(data, out, sets=sets, extra=["--resume", str(models), "--stop-at-step", "2"])
+    assert proc.returncode == 0, output_of(proc)
+    assert "S-VRT's iteration 2: weights, EMA, Adam moments carried over" in proc.stdout
+    saved = load_single_file(out / "ckpts/last.pth")
+    assert saved["step"] == 2 and same(saved["state_dict"], net.state_dict())
+    assert same(saved["state_dict_ema"], ema)
+    theirs, ours = adam.state_dict()["state"], saved["optimizer"]["state"]
+    assert theirs and theirs.keys() <= ours.keys()
+    for index, moments in theirs.items():
+        assert float(ours[index]["step"]) == 2.0
+        for key in ("exp_avg", "exp_avg_sq"):
+            assert torch.equal(ours[index][key], moments[key]), (index, key)
+    torch.save({"state": {0: {"exp_avg": torch.zeros(1)}}, "param_groups": []}, models / "2_optimizerG.pth")
+    with pytest.raises(CheckpointFormatError, match="2_optimizerG.pth is not a torch Adam state dict"):
+        load_single_file(models / "2_G.pth")

@@ -199,7 +199,7 @@ def test_ignored_options_are_listed_once(options):
     message = messages[0]
     assert message.startswith(f"{options}: S-VRT options ") and "ignored under DeepSpeed" in message
     for name in ("model", "gpu_ids", "dist", "runtime", "datasets.train.tfp_device", "datasets.test.num_frame",
-                 "train.amp", "train.use_lora", "train.lora_rank", "val.num_frame_testing", "logging.use_wandb"):
+                 "train.amp", "train.lora_rank", "val.num_frame_testing", "logging.use_wandb"):
         assert f" {name}," in message or f" {name} " in message, name
     for name in ("train.total_iter", "datasets.train.num_frame", "netG", "task", "wandb_api_key", "logfire_token"):
         assert name not in message.replace("datasets.test.num_frame", ""), name
@@ -227,21 +227,36 @@ def test_credential_names(name, credential):
 
 
 @pytest.mark.parametrize("overrides, named", [
-    (["train.use_lora=true"], "train.use_lora, train.lora_rank are part of S-VRT's training recipe"),
-    (["train.freeze_backbone=true"], "train.freeze_backbone is part of S-VRT's training recipe"),
+    (["train.use_lora=true", "train.phase2_lora_mode=true"], "train.phase2_lora_mode is part of S-VRT's"),
     (["train.two_run.enable=true"], "--set train.two_run.enable=false"),
     (["train.phase1_fusion_aux_loss_weight=1.0"], "train.phase1_fusion_aux_loss_weight is part"),
     (["netG.fusion.enable=true"], "train.fix_iter is part"),  # S-VRT's phase 1: the fusion adapter alone
-    (["netG.partial_load=true", "train.partial_load=true"], "train.partial_load, netG.partial_load are part"),
 ])
 def test_the_recipe_is_an_error_when_it_is_on(options, overrides, named):
     message = failure(options, overrides)
     assert message.startswith(f"{options}: ") and named in message
-    assert "LoRA, training phases, two runs" in message and "not support" in message
+    assert "fusion-first phases, two runs" in message and "not support" in message
 
 
 def test_the_recipe_off_loads(options):
     assert load(options, ["netG.fusion.enable=true", "train.fix_iter=0"]).TRAIN.FIX_ITER == 0
+
+
+def test_lora_and_freeze_backbone_map_onto_our_keys(options):
+    plain = load(options).MODEL
+    assert (plain.LORA_RANK, load(options).TRAIN.FREEZE_BACKBONE) == (0, False)
+    lora = load(options, ["train.use_lora=true", "train.lora_rank=4", "train.lora_target_modules=[qkv]"])
+    assert (lora.MODEL.LORA_RANK, lora.MODEL.LORA_ALPHA, lora.MODEL.LORA_TARGETS) == (4, 16, ["qkv"])
+    assert lora.MODEL.LORA_FREEZE_BASE is False  # S-VRT trains the adapted layers' weights without freeze_backbone
+    frozen = load(options, ["train.use_lora=true", "train.freeze_backbone=true"])
+    assert (frozen.MODEL.LORA_RANK, frozen.MODEL.LORA_TARGETS) == (8, ["qkv", "proj"])  # S-VRT's defaults
+    assert frozen.MODEL.LORA_FREEZE_BASE is True and frozen.TRAIN.FREEZE_BACKBONE is True
+    assert load(options, ["train.use_lora=true", "MODEL.LORA_RANK=2"]).MODEL.LORA_RANK == 2  # ours win
+
+
+def test_partial_load_selects_loading_by_name_and_shape(options):
+    assert load(options).MODEL.INIT_PARTIAL is False
+    assert load(options, ["train.partial_load=true"]).MODEL.INIT_PARTIAL is True
 
 
 @pytest.mark.parametrize("text, line", [

@@ -9,10 +9,9 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from torch.utils.data import DataLoader
-from support.kair_lmdb import write_kair_lmdb
 from test_bad_data import build, expect_error
 from test_layouts import check
+from torch.utils.data import DataLoader
 
 from ds_deblur.config import ConfigError
 from ds_deblur.data import DatasetError, SampleKey, build_datasets
@@ -21,6 +20,7 @@ from ds_deblur.data.images import read_rgb
 from ds_deblur.data.roots import LayoutOptions, open_layout
 from ds_deblur.data.synth import generate, main as synth_main
 from ds_deblur.inference.pipeline import find_sequences
+from support.kair_lmdb import write_kair_lmdb
 
 FRAMES, SPIKES = "GOPRO_Large", "GOPRO_Large_spike_seq"
 TRAIN_SEQ, OTHER_SEQ, TEST_SEQ = "GOPR0372_00_00", "GOPR0373_00_00", "GOPR0472_00_00"

@@ -54,6 +54,13 @@ def shm_buffers() -> set[Path]:
     return set(Path("/dev/shm").glob("deepspeed_allreduce_buffer_*"))
 
 
+def model_from_sets(sets, seed: int = 0) -> torch.nn.Module:
+    """``build_model`` of the schema's defaults with ``sets`` (no data read), from ``seed``."""
+    from ds_deblur.models import build_model
+    torch.manual_seed(seed)
+    return build_model(load_config({"DATA": {"ROOT": "/unused"}}, sets))
+
+
 def config_for(data: Path, out: Path, sets=()) -> Config:
     return load_config(REPO / "ds_configs/tiny_synth.yaml",
                        [f"DATA.ROOT={data}", f"LOG.SAVE_DIR={out}", *BASE_SETS, *sets])
