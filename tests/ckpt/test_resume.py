@@ -13,7 +13,7 @@ import torch
 
 from ds_deblur.ckpt.single_file import single_file_dict
 from ds_deblur.run_log import read_train_log
-from support.train_utils import REPO, ds_json, output_of, run_train, shm_buffers, train_command
+from support.train_utils import ONE_VAL_FRAME, REPO, ds_json, output_of, run_train, shm_buffers, train_command
 
 
 def weights(run_dir) -> dict:
@@ -79,7 +79,7 @@ def test_fp16_resume_is_exact_including_the_loss_scaler(data, tmp_path):
             "loss_scale_window": 2}
     config = ds_json(tmp_path, "ds_configs/zero2_fp16.json", fp16=fp16)
     env = {"DS_DEBLUR_ALLOW_CPU_FP16": "1", "DS_DEBLUR_INJECT_NONFINITE": "2"}
-    log = check_exact_resume(data, tmp_path, config, 2, env, val_every=100)
+    log = check_exact_resume(data, tmp_path, config, 2, env, val_every=100, extra_sets=ONE_VAL_FRAME)
     scales = [r["loss_scale"] for r in log]
     assert scales[:3] == [256.0, 128.0, 128.0] and max(scales[3:]) > 128.0, scales
 

@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from ds_deblur.run_log import read_train_log
-from support.train_utils import REPO, config_for, ds_json, fixed_batch_loss, output_of, run_train, shm_buffers
+from support.train_utils import (ONE_VAL_FRAME, REPO, config_for, ds_json, fixed_batch_loss, output_of, run_train,
+                                 shm_buffers)
 
 TB_TAGS = {"train/loss", "train/loss_charbonnier", "train/lr", "train/grad_norm", "train/loss_scale",
            "train/skipped_steps", "perf/samples_per_sec", "perf/step_time_ms", "perf/data_time_ms",
@@ -99,7 +100,7 @@ def test_fp16_overflow_is_skipped_and_training_continues(data, tmp_path):
     out = tmp_path / "run"
     # A modest initial scale (2^8) so that only the injected overflow overflows.
     proc = run_train(data, out, ds_json(tmp_path, "ds_configs/zero2_fp16.json", fp16=dynamic_fp16(8)),
-                     env={"DS_DEBLUR_ALLOW_CPU_FP16": "1", "DS_DEBLUR_INJECT_NONFINITE": "2"})
+                     sets=ONE_VAL_FRAME, env={"DS_DEBLUR_ALLOW_CPU_FP16": "1", "DS_DEBLUR_INJECT_NONFINITE": "2"})
     assert proc.returncode == 0, output_of(proc)
     log = check_run(out, 4, [2, 4])
     assert [r["skipped"] for r in log] == [0, 1, 1, 1]
@@ -130,7 +131,8 @@ def test_bf16_nonfinite_loss_skips_the_step_on_every_rank_with_accumulation(data
 def test_fp16_stuck_at_minimum_scale_saves_and_stops(data, tmp_path):
     out = tmp_path / "run"
     proc = run_train(data, out, ds_json(tmp_path, "ds_configs/zero2_fp16.json", fp16=dynamic_fp16(1)),
-                     sets=["TRAIN.TOTAL_STEPS=8", "TRAIN.MIN_LOSS_SCALE_PATIENCE=2", "LOG.SAVE_EVERY_STEPS=100"],
+                     sets=["TRAIN.TOTAL_STEPS=8", "TRAIN.MIN_LOSS_SCALE_PATIENCE=2", "LOG.SAVE_EVERY_STEPS=100",
+                           *ONE_VAL_FRAME],
                      env={"DS_DEBLUR_ALLOW_CPU_FP16": "1", "DS_DEBLUR_INJECT_NONFINITE": "1,2,3,4,5,6,7,8"})
     assert proc.returncode == 3, output_of(proc)
     assert "loss scale has sat at its minimum" in proc.stdout
