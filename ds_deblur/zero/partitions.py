@@ -41,8 +41,8 @@ def master_flats(engine: Any) -> list[torch.Tensor]:
                           f"the DeepSpeed JSON (all ds_configs/*.json use 1, 2 or 3)")
     swapped = any(flat is None for flat in getattr(engine.optimizer, "fp16_partitioned_groups_flat", []))
     if getattr(engine.optimizer, "swap_optimizer", False) or swapped:
-        raise ConfigError(f"TRAIN.EMA_DECAY does not work with ZeRO-3 state offloaded to NVMe (the partitions are "
-                          f"not in memory); use offload device cpu or none")
+        raise ConfigError("TRAIN.EMA_DECAY does not work with ZeRO-3 state offloaded to NVMe (the partitions are "
+                          "not in memory); use offload device cpu or none")
     return list(flats)
 
 
