@@ -196,10 +196,10 @@ def resolve(path: PathLike, tag: Optional[str] = None, complete: bool = True) ->
         return Location("dir", path)
     else:
         name = read_latest(path)
-        svrt = newest_svrt_weights(path) if name is None else None
-        if svrt is not None:
-            return Location("file", svrt)
         if name is None:
+            svrt = newest_svrt_weights(path)
+            if svrt is not None:
+                return Location("file", svrt)
             found = ", ".join(p.name for p in list_tags(path)) or "none"
             raise CheckpointFormatError(
                 f"{path} is neither a checkpoint directory (with a '{LATEST}' file) nor a tag (with {COMMIT}); "

@@ -125,14 +125,13 @@ def load_matching(module: torch.nn.Module, state_dict: Mapping[str, torch.Tensor
     module.load_state_dict(loaded, strict=False)
     misshapen = [f"{k} file {tuple(v.shape)} model {tuple(own[k].shape)}" for k, v in state_dict.items()
                  if k in own and k not in loaded]
-    rows = [("loaded", len(loaded), []), ("skipped for shape", len(misshapen), misshapen),
-            ("missing (as initialised)", len(own.keys() - state_dict.keys()),
-             [k for k in own if k not in state_dict]),
-            ("unexpected (ignored)", len(state_dict.keys() - own.keys()), [k for k in state_dict if k not in own])]
+    rows = [("loaded", list(loaded), False), ("skipped for shape", misshapen, True),
+            ("missing (as initialised)", [k for k in own if k not in state_dict], True),
+            ("unexpected (ignored)", [k for k in state_dict if k not in own], True)]
     lines = [f"partial load of {source}:"]
-    for label, count, keys in rows:
-        lines.append(f"  {label:<26}{count:>7}" + (f"  {', '.join(keys[:6])}{', ...' if len(keys) > 6 else ''}"
-                                                  if keys else ""))
+    for label, keys, listed in rows:
+        names = f"  {', '.join(keys[:6])}{', ...' if len(keys) > 6 else ''}" if listed and keys else ""
+        lines.append(f"  {label:<26}{len(keys):>7}{names}")
     return "\n".join(lines)
 
 

@@ -4,7 +4,7 @@ A targeted ``nn.Linear`` becomes :class:`LoRALinear`: ``base(x) + (alpha / rank)
 Kaiming-uniform and ``lora_B`` zero, so a new adapter changes nothing. Its parameters are
 ``<layer>.base.weight``, ``<layer>.base.bias``, ``<layer>.lora_A.weight``, ``<layer>.lora_B.weight``. Targets are
 the linear layers whose own name contains one of the target strings (S-VRT's default ``qkv`` and ``proj``), never
-inside the fusion module, the flow net or the alignment. Folding (:func:`merged_state_dict`) gives the weights under
+inside the fusion module, the flow net or the alignment. Folding (:func:`fold`) gives the weights under
 the plain layer names, as S-VRT's ``{iter}_G_merged.pth``.
 """
 from __future__ import annotations
@@ -81,13 +81,6 @@ def fold(state_dict: Mapping[str, Tensor], scaling: float) -> dict[str, Tensor]:
         if f"{name}.base.bias" in state_dict:
             folded[f"{name}.bias"] = state_dict[f"{name}.base.bias"]
     return {**{k: v for k, v in state_dict.items() if k not in owned}, **folded}
-
-
-def merged_state_dict(model: nn.Module) -> dict[str, Tensor]:
-    """``model``'s weights with its adapters folded in, under the plain names (S-VRT's ``{iter}_G_merged.pth``)."""
-    layers = lora_layers(model)
-    state = {k: v.detach() for k, v in model.state_dict().items()}
-    return fold(state, next(iter(layers.values())).scaling) if layers else state
 
 
 def as_base_weights(model: nn.Module, state_dict: Mapping[str, Tensor]) -> dict[str, Tensor]:

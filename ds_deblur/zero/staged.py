@@ -57,7 +57,8 @@ def freeze(model: nn.Module, cfg: Config) -> list[str]:
     if cfg.MODEL.LORA_RANK and cfg.MODEL.LORA_FREEZE_BASE:
         chosen += [f"{layer}.base.{leaf}" for layer, m in lora_layers(model).items() for leaf, _ in
                    m.base.named_parameters()]
-    names = [name for name in params if name in set(chosen)]
+    chosen_set = set(chosen)
+    names = [name for name in params if name in chosen_set]
     if names and len(names) == len(params):
         with_backbone = " with TRAIN.FREEZE_BACKBONE" if cfg.TRAIN.FREEZE_BACKBONE else ""
         raise ConfigError(f"TRAIN.FREEZE {keys}{with_backbone} matches every parameter: nothing would train")
