@@ -244,3 +244,59 @@ class DeblurLoss(nn.Module):
         perceptual = self.perceptual(pred, target)
         parts["loss_perceptual"] = perceptual.detach()
         return total + self.vgg_weight * perceptual, parts
+
+
+class FusionLoss:
+    """S-VRT's losses on the fused frames ``fused`` (B,T,3,H,W, one per input frame) of its early fusion, each a
+    Charbonnier with ``delta``:
+
+    - phase 1 (the fusion module alone): ``phase1_weight x C(fused, sharp) + w(step) x C(fused, blurry)
+      + update_penalty x mean|fused - blurry|``, the pass-through weight ``w`` moving linearly from
+      ``passthrough_start`` towards ``passthrough_end``, reached at step ``phase1_steps - 1`` (S-VRT's schedule over
+      its 1-based iteration counter: step n has ``start + (end - start) x min(n, F - 1) / (F - 1)``);
+    - phase 2: ``phase2_weight x C(fused, sharp)``, added to the output's loss.
+
+    Each returns ``(total, parts)`` with the unweighted terms as ``loss_fusion``, ``loss_passthrough`` and
+    ``loss_update`` (detached; a term whose weight is 0 is neither computed nor reported, as S-VRT skips it).
+    """
+
+    def __init__(self, delta: float, phase1_steps: int, phase1_weight: float = 0.0, passthrough_start: float = 0.0,
+                 passthrough_end: float = 0.0, update_penalty: float = 0.0, phase2_weight: float = 0.0) -> None:
+        self.delta, self.phase1_steps = delta, phase1_steps
+        self.phase1_weight, self.phase2_weight, self.update_penalty = phase1_weight, phase2_weight, update_penalty
+        self.passthrough = (passthrough_start, passthrough_end)
+
+    @classmethod
+    def from_config(cls, cfg: Any) -> "FusionLoss":
+        fusion = cfg.LOSS.FUSION
+        return cls(cfg.LOSS.CHARBONNIER.DELTA, cfg.TRAIN.FIX_ITER, fusion.PHASE1_WEIGHT, fusion.PASSTHROUGH_START,
+                   fusion.PASSTHROUGH_END, fusion.UPDATE_PENALTY, fusion.PHASE2_WEIGHT)
+
+    def passthrough_weight(self, step: int) -> float:
+        """The pass-through weight of optimizer step number ``step`` (1-based, as S-VRT counts)."""
+        start, end = self.passthrough
+        if self.phase1_steps <= 1:
+            return end
+        return start + (end - start) * min(max(step, 0), self.phase1_steps - 1) / (self.phase1_steps - 1)
+
+    def phase1(self, fused: torch.Tensor, sharp: torch.Tensor, blurry: torch.Tensor,
+               step: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        terms = [(self.phase1_weight, "loss_fusion", lambda: charbonnier_loss(fused, sharp, self.delta)),
+                 (self.passthrough_weight(step), "loss_passthrough", lambda: charbonnier_loss(fused, blurry, self.delta)),
+                 (self.update_penalty, "loss_update", lambda: (fused.float() - blurry.float()).abs().mean())]
+        return _weighted(fused, terms)
+
+    def phase2(self, fused: torch.Tensor, sharp: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        return _weighted(fused, [(self.phase2_weight, "loss_fusion", lambda: charbonnier_loss(fused, sharp,
+                                                                                               self.delta))])
+
+
+def _weighted(like: torch.Tensor, terms: Sequence[tuple[float, str, Callable[[], torch.Tensor]]]
+              ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    total, parts = like.new_zeros((), dtype=torch.float32), {}
+    for weight, name, term in terms:
+        if weight > 0:
+            value = term()
+            parts[name] = value.detach()
+            total = total + weight * value
+    return total, parts

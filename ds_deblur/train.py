@@ -31,6 +31,7 @@ from ds_deblur.errors import DsDeblurError
 from ds_deblur.evaluate import input_metrics, model_dtype, validate
 from ds_deblur.losses import DeblurLoss
 from ds_deblur.models import build_model
+from ds_deblur.phases import Phases
 from ds_deblur.run_log import RunLogger, memory_mb
 from ds_deblur.testing.faults import Injections
 from ds_deblur.zero.ema import ShardedEMA
@@ -130,6 +131,7 @@ class Trainer:
         self.state = self.ckpt.restore(self.engine, self.ema)
         self.fixed = FixedPhase(self.engine, cfg)
         self.fixed.apply(self.state.step)
+        self.phases = Phases(cfg, self.engine.module, self.train_loader, self.loss_fn)
         self._say_recipe(model, frozen)
         if self.state.step:
             say(f"[train] Resume complete. Continuing from step {self.state.step}/{self.total_steps}")
@@ -150,10 +152,13 @@ class Trainer:
         if frozen:
             say(f"[train] TRAIN.FREEZE {train.FREEZE}: {len(frozen)} parameters "
                 f"({sum(params[n].numel() for n in frozen):,} values) never train")
-        if self.fixed.params:
-            phase = f"fixed until step {train.FIX_ITER}, then " if self.state.step < train.FIX_ITER else ""
-            say(f"[train] TRAIN.FIX_KEYS {train.FIX_KEYS}: {len(self.fixed.params)} parameters "
-                f"({sum(p.numel() for p in self.fixed.params):,} values) {phase}trained at LR x {train.FIX_LR_MUL}")
+        for group in self.fixed.groups:
+            names = group.names
+            wait = f"fixed until step {group.start}, then " if self.state.step < group.start else ""
+            say(f"[train] {group.why}: {len(names)} parameters ({sum(params[n].numel() for n in names):,} values) "
+                f"{wait}trained at LR x {group.lr_mul}")
+        if self.phases.active:
+            say(self.phases.describe())
         if self.ema is not None:
             say(f"[train] EMA of the weights, decay {self.ema.decay}: {self.ema.numel():,} fp32 values on this rank "
                 f"({self.ema.numel() * 4 / 2**20:.1f} MiB); validation uses the "
@@ -169,12 +174,16 @@ class Trainer:
             if self._at_the_end():
                 return 0
             while True:
-                self.train_loader.set_epoch(self.state.epoch)
-                for batch, waited in _timed(self.train_loader):
+                loader = self.phases.loader(self.state.step)
+                loader.set_epoch(self.state.epoch)
+                for batch, waited in _timed(loader):
                     if self._micro_step(batch, waited):
                         self._end_step()
                         self.stats = StepStats()  # timed from here: the next step's time excludes this one's save
-                self.state.epoch += 1  # a step straddling two epochs keeps its accumulated stats
+                        if self.phases.loader(self.state.step) is not loader:
+                            break  # the next phase's sizes, from the same sampler position
+                else:
+                    self.state.epoch += 1  # a step straddling two epochs keeps its accumulated stats
         except RunEnded as end:
             if end.message:
                 say(end.message)
@@ -197,12 +206,12 @@ class Trainer:
         boundary = self.engine.is_gradient_accumulation_boundary()
         if boundary:  # the LRs this step uses (engine.step advances the schedule)
             lrs = self.engine.get_lr()
-            self.stats.lr, self.stats.lr_fixed = lrs[0], lrs[FIXED_GROUP] if len(lrs) > FIXED_GROUP else None
+            self.stats.lr, self.stats.lr_fixed = lrs[0], lrs[FIXED_GROUP] if self.fixed.params else None
         dtype, device = model_dtype(self.engine), self.engine.device
         blur = batch["blur"].to(device, dtype, non_blocking=True)
         spike = batch["spike_vox"].to(device, dtype, non_blocking=True)
         sharp = batch["sharp"].to(device, non_blocking=True)
-        flow = batch.get("flow_spike")  # SCFlow's input, when DATA.FLOW_SPIKE asks for it
+        flow = batch.get("flow_spike") if self.phases.needs_flow(self.state.step) else None  # SCFlow's input
         flow = None if flow is None else flow.to(device, dtype, non_blocking=True)
         loss, parts = self.faults.around(self.state.step + 1, self._forward_loss)(blur, spike, sharp, flow)
         # Agree on a bad micro-batch before backward: its non-finite gradients then make DeepSpeed discard the
@@ -215,7 +224,8 @@ class Trainer:
 
     def _forward_loss(self, blur: torch.Tensor, spike: torch.Tensor, sharp: torch.Tensor,
                       flow_spike: Optional[torch.Tensor]) -> tuple:
-        return self.loss_fn(self.engine(blur, spike, flow_spike).float(), sharp)
+        with self.phases.training_forward(self.state.step):
+            return self.phases.loss(self.engine(blur, spike, flow_spike), sharp, blur, self.state.step)
 
     def _end_step(self) -> None:
         """After an optimizer step: log it, validate, save; raises RunEnded when the run stops here."""
@@ -232,9 +242,9 @@ class Trainer:
             self.ema.after_step()  # averages applied steps only
         self._log_step(stats, applied)
         step, last = self.state.step, self.state.step >= self.total_steps
-        if self.fixed.after_step(step):
-            say(f"[train] Step {step} = TRAIN.FIX_ITER: the TRAIN.FIX_KEYS parameters train from here, at LR x "
-                f"{self.cfg.TRAIN.FIX_LR_MUL}")
+        for group in self.fixed.after_step(step):
+            say(f"[train] Step {step}: the {group.why} parameters train from here, at LR x {group.lr_mul}, from a "
+                f"fresh Adam state")
         if step % self.cfg.LOG.VAL_EVERY_STEPS == 0 or last:
             self._validate()
         if diverged:
@@ -256,11 +266,14 @@ class Trainer:
         grad_norm = float(grad_norm) if grad_norm is not None and applied else None
         record = {"step": self.state.step, "epoch": self.state.epoch, "loss": stats.loss, "lr": stats.lr,
                   "loss_scale": scale, "grad_norm": grad_norm, "skipped": int(self.engine.skipped_steps)}
+        phase = self.phases.phase(self.state.step - 1)
+        if self.phases.active:
+            record["phase"] = phase
         if stats.lr_fixed is not None:
             record["lr_fixed"] = stats.lr_fixed
         scalars = {}
         if self.state.step % self.cfg.LOG.LOG_EVERY_STEPS == 0 or self.state.step == 1:
-            samples = self.cfg.TRAIN.BATCH_SIZE * self.cfg.TRAIN.GRADIENT_ACCUMULATION_STEPS * self.world
+            samples = self.phases.batch[phase] * self.cfg.TRAIN.GRADIENT_ACCUMULATION_STEPS * self.world
             scalars = {"train/loss": stats.loss, "train/lr": stats.lr, "train/loss_scale": scale,
                        "train/skipped_steps": record["skipped"], "perf/samples_per_sec": samples / step_time,
                        "perf/step_time_ms": step_time * 1e3, "perf/data_time_ms": stats.data_time * 1e3,
@@ -269,6 +282,8 @@ class Trainer:
                 scalars["train/grad_norm"] = grad_norm
             if stats.lr_fixed is not None:
                 scalars["train/lr_fixed"] = stats.lr_fixed
+            if self.phases.active:
+                scalars["train/phase"] = phase
         self.log.train_step(record, scalars)
 
     def _diverged_message(self, why: str) -> str:

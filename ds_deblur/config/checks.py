@@ -85,10 +85,7 @@ def check_rules(cfg: Config) -> None:
                                                          f"DATA.VOXEL_CACHE_DIRNAME, got {data.SPIKE_DIR!r}")
     _require(bool(data.IMAGE_EXTS) and all(e.startswith(".") for e in data.IMAGE_EXTS),
              f"DATA.IMAGE_EXTS must list extensions with their dot, e.g. ['.png'], got {data.IMAGE_EXTS}")
-    crop = [data.CROP_SIZE] if isinstance(data.CROP_SIZE, int) else data.CROP_SIZE
-    _require(len(crop) in (1, 2) and all(c > 0 and c % 8 == 0 for c in crop),
-             f"DATA.CROP_SIZE must be a positive multiple of 8 or [H, W] of them, got {data.CROP_SIZE} (the model's "
-             f"window)")
+    _check_crop("DATA.CROP_SIZE", data.CROP_SIZE)
     _require(data.RAW_WINDOW_LENGTH % 2 == 1, f"DATA.RAW_WINDOW_LENGTH must be odd (a window centred in the exposure),"
                                               f" got {data.RAW_WINDOW_LENGTH}")
     _require(bool(cfg.LOSS.VGG_PERCEPTUAL.LAYERS), "LOSS.VGG_PERCEPTUAL.LAYERS must list at least one VGG16 layer, "
@@ -104,11 +101,36 @@ def check_rules(cfg: Config) -> None:
     _require(train.VAL_TILE_SIZE is None or train.VAL_TILE_OVERLAP < train.VAL_TILE_SIZE,
              f"TRAIN.VAL_TILE_OVERLAP must be in [0, TRAIN.VAL_TILE_SIZE={train.VAL_TILE_SIZE}), got "
              f"{train.VAL_TILE_OVERLAP}")
-    _require(train.FIX_ITER == 0 or bool(train.FIX_KEYS),
+    _require(train.FIX_ITER == 0 or bool(train.FIX_KEYS) or train.FUSION_FIRST,
              f"TRAIN.FIX_ITER = {train.FIX_ITER} fixes nothing: TRAIN.FIX_KEYS is empty (give the name substrings of "
-             f"the parameters to fix, e.g. [spynet, deform])")
+             f"the parameters to fix, e.g. [spynet, deform]) and TRAIN.FUSION_FIRST is off")
+    _check_phases(cfg)
     _require(not log.VAL_USE_EMA or train.EMA_DECAY > 0, "LOG.VAL_USE_EMA is true but TRAIN.EMA_DECAY is 0: there "
                                                          "are no EMA weights (set TRAIN.EMA_DECAY, e.g. 0.999)")
+
+
+def _check_crop(name: str, size: Any) -> None:
+    crop = [size] if isinstance(size, int) else size
+    _require(len(crop) in (1, 2) and all(c > 0 and c % 8 == 0 for c in crop),
+             f"{name} must be a positive multiple of 8 or [H, W] of them, got {size} (the model's window)")
+
+
+def _check_phases(cfg: Config) -> None:
+    train, fusion = cfg.TRAIN, cfg.LOSS.FUSION
+    if train.FUSION_FIRST:
+        _require(train.FIX_ITER > 0, "TRAIN.FUSION_FIRST needs TRAIN.FIX_ITER > 0: the number of phase-1 steps")
+        _require(cfg.MODEL.NETG is not None, "TRAIN.FUSION_FIRST needs S-VRT's network (MODEL.NETG, from an S-VRT "
+                                             "option file): phase 1 trains its fusion module")
+        _require(any((fusion.PHASE1_WEIGHT, fusion.PASSTHROUGH_START, fusion.PASSTHROUGH_END, fusion.UPDATE_PENALTY)),
+                 "TRAIN.FUSION_FIRST: phase 1 would have no loss: LOSS.FUSION.PHASE1_WEIGHT, PASSTHROUGH_START, "
+                 "PASSTHROUGH_END and UPDATE_PENALTY are all 0 (S-VRT's files set phase1_fusion_aux_loss_weight 1)")
+    for name in ("HEAD_ONLY_STEPS", "PHASE1_BATCH_SIZE"):
+        _require(not getattr(train, name) or train.FUSION_FIRST or name == "PHASE1_BATCH_SIZE" and train.FIX_ITER,
+                 f"TRAIN.{name} = {getattr(train, name)} has no effect without "
+                 + ("TRAIN.FUSION_FIRST" if name == "HEAD_ONLY_STEPS" else "TRAIN.FIX_ITER > 0 (phase 1)"))
+    if cfg.DATA.PHASE1_CROP_SIZE is not None:
+        _require(train.FIX_ITER > 0, "DATA.PHASE1_CROP_SIZE has no effect without TRAIN.FIX_ITER > 0 (phase 1)")
+        _check_crop("DATA.PHASE1_CROP_SIZE", cfg.DATA.PHASE1_CROP_SIZE)
 
 
 def _check_data_roots(data: Any) -> None:

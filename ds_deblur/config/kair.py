@@ -37,10 +37,15 @@ _TOKENS = re.compile(r'"(?:[^"\\\n]|\\.)*"|//[^\n]*|/\*(?:.*?\*/|.*)', re.S)
 _SECRET_WORDS = {"password", "passwd", "secret", "secrets", "credential", "credentials"}
 _SECRET_ENDINGS = ("api_key", "apikey", "access_key", "private_key", "token")
 
-# S-VRT's recipe not supported yet: fusion-first phases and two runs. A key listed here is an error when it is on.
-RECIPE_KEYS = ("two_run", "phase2_fusion_aux_loss_weight", "phase2_lora_mode")
+# S-VRT's recipe not supported yet: two runs. A key listed here is an error when it is on.
+RECIPE_KEYS = ("two_run",)
 LORA_DEFAULTS = {"lora_rank": 8, "lora_alpha": 16, "lora_target_modules": ["qkv", "proj"]}  # S-VRT's
-PHASE1_KEYS = ("phase1_fusion_aux_loss_weight", "fusion_passthrough_loss_weight", "fusion_warmup")  # on with fix_iter
+# S-VRT's fusion losses: option -> our key (fusion_passthrough_loss_weight is the default of both pass-through ends).
+FUSION_LOSSES = {"train.phase1_fusion_aux_loss_weight": "LOSS.FUSION.PHASE1_WEIGHT",
+                 "train.fusion_warmup.passthrough_weight_start": "LOSS.FUSION.PASSTHROUGH_START",
+                 "train.fusion_warmup.passthrough_weight_end": "LOSS.FUSION.PASSTHROUGH_END",
+                 "train.fusion_warmup.update_penalty_weight": "LOSS.FUSION.UPDATE_PENALTY",
+                 "train.phase2_fusion_aux_loss_weight": "LOSS.FUSION.PHASE2_WEIGHT"}
 
 # Options whose other values ds_deblur does not do: option -> (the values it does, why). A "*" stands for train
 # and test; an absent option has S-VRT's default, which is one of the values.
@@ -277,26 +282,17 @@ def _on(value: Any) -> bool:
 
 
 def _check_recipe(options: dict, origin: str) -> None:
-    """The part of S-VRT's recipe not supported yet (fusion-first phases, two runs) is an error when any of it is
-    on."""
+    """The part of S-VRT's recipe not supported yet (two runs) is an error when any of it is on."""
     found = []  # (option, its value)
     for section in ("train", NETWORK):
         opts = options.get(section)
-        if not isinstance(opts, dict):
-            continue
-        found += [(f"{section}.{k}", opts[k]) for k in RECIPE_KEYS if _on(opts.get(k))]
-    train = options.get("train") if isinstance(options.get("train"), dict) else {}
-    if _on(train.get("fix_iter")):
-        found += [(f"train.{k}", train[k]) for k in PHASE1_KEYS if _on(train.get(k))]
-        if _early_fusion(options.get(NETWORK)):
-            # S-VRT's steps before fix_iter are then its phase 1: the fusion adapter alone, on its auxiliary loss.
-            found.append(("train.fix_iter", train["fix_iter"]))
+        if isinstance(opts, dict):
+            found += [(f"{section}.{k}", opts[k]) for k in RECIPE_KEYS if _on(opts.get(k))]
     if found:
         names = ", ".join(name for name, _ in found)
         verb, pronoun = ("is", "it") if len(found) == 1 else ("are", "them")
-        raise ConfigError(f"{origin}: {names} {verb} part of S-VRT's training recipe (fusion-first phases, two "
-                          f"runs), which ds_deblur does not support yet: turn {pronoun} off, e.g. --set "
-                          f"{_off_setting(*found[0])}")
+        raise ConfigError(f"{origin}: {names} {verb} part of S-VRT's training recipe (two runs), which ds_deblur "
+                          f"does not support yet: turn {pronoun} off, e.g. --set {_off_setting(*found[0])}")
 
 
 def _off_setting(name: str, value: Any) -> str:
@@ -343,7 +339,7 @@ def _map_datasets(m: _Mapping, world: int) -> None:
         if target in train and value != train[target][0] and m.wanted(target):
             raise m.error(source, f"= {_shown(value)} differs from {train[target][1]} = "
                                   f"{_shown(train[target][0])}: ds_deblur reads both splits with one {target}")
-    _map_phase_value(m, f"{TRAIN_SET}.gt_size", "DATA.CROP_SIZE")
+    _map_phase_value(m, f"{TRAIN_SET}.gt_size", "DATA.CROP_SIZE", "DATA.PHASE1_CROP_SIZE")
     _map_batch_size(m, world)
 
 
@@ -471,35 +467,40 @@ def _take_normalisation(m: _Mapping, section: str, out: dict) -> None:
         out[target] = values[0], f"{source}.{name}"
 
 
-def _map_phase_value(m: _Mapping, source: str, target: str) -> Any:
-    """An option that may hold S-VRT's [phase 1, phase 2] values, as one value (phases come with S-VRT's recipe)."""
+def _map_phase_value(m: _Mapping, source: str, target: str, phase1_target: str) -> tuple[Any, Any]:
+    """An option that may hold S-VRT's [phase 1, phase 2] values: phase 2's (all steps' without fix_iter) to
+    ``target``, phase 1's to ``phase1_target`` when there is a phase 1. Returns (phase 1's, phase 2's) as given."""
     value = m.get(source)
     if not m.has(source) or not m.wanted(target):
-        return None
+        return None, None
+    first = second = value
     if isinstance(value, list):
-        if len(value) != 2 or value[0] != value[1]:
-            raise m.error(source, f"= {_shown(value)} gives one value per training phase: per-phase values "
-                                  f"are not supported yet (they come with S-VRT's recipe); give one, e.g. --set "
-                                  f"{source}={_shown(value[0])}")
-        value = value[0]
-    m.put(target, value, source)
-    return value
+        if len(value) != 2:
+            raise m.error(source, f"= {_shown(value)} must be one value or [phase 1, phase 2]")
+        first, second = value
+        if _on(m.get("train.fix_iter")) and first != second and m.wanted(phase1_target):
+            m.put(phase1_target, first, source)
+    m.put(target, second, source)
+    return first, second
 
 
 def _map_batch_size(m: _Mapping, world: int) -> None:
     """S-VRT's dataloader_batch_size is the batch of all ranks: main_train_vrt.py gives each DDP rank
     dataloader_batch_size // num_gpu (an error when it does not divide), and one process without DDP all of it.
-    TRAIN.BATCH_SIZE is one rank's micro-batch: the batch divided by the launcher's world size."""
+    TRAIN.BATCH_SIZE (and TRAIN.PHASE1_BATCH_SIZE) is one rank's micro-batch: the batch divided by the launcher's
+    world size."""
     source = f"{TRAIN_SET}.dataloader_batch_size"
-    batch = _map_phase_value(m, source, "TRAIN.BATCH_SIZE")
-    if not isinstance(batch, int) or isinstance(batch, bool) or world == 1:
+    batches = _map_phase_value(m, source, "TRAIN.BATCH_SIZE", "TRAIN.PHASE1_BATCH_SIZE")
+    if world == 1:
         return
-    if batch % world:
-        raise m.error(source, f"= {batch} is the batch of all ranks (S-VRT gives each rank dataloader_batch_size "
-                              f"// num_gpu) and does not divide by the world size {world}: give a multiple of "
-                              f"{world}, or TRAIN.BATCH_SIZE (per rank)")
-    m.put("TRAIN.BATCH_SIZE", batch // world)
-    m.spelled.pop("TRAIN.BATCH_SIZE", None)  # the value is no longer the option's
+    for target, batch in zip(("TRAIN.PHASE1_BATCH_SIZE", "TRAIN.BATCH_SIZE"), batches):
+        if get_path(m.raw, target)[0] and isinstance(batch, int) and not isinstance(batch, bool):
+            if batch % world:
+                raise m.error(source, f"= {_shown(m.get(source))} is the batch of all ranks (S-VRT gives each rank "
+                                      f"dataloader_batch_size // num_gpu) and {batch} does not divide by the world "
+                                      f"size {world}: give multiples of {world}, or {target} (per rank)")
+            m.put(target, batch // world)
+            m.spelled.pop(target, None)  # the value is no longer the option's
 
 
 # --- train, path, val ---------------------------------------------------------------------------------------------
@@ -516,12 +517,19 @@ def _map_train(m: _Mapping) -> None:
     if seed is not None and m.wanted("SEED"):  # null: S-VRT draws a seed; ours stays
         m.put("SEED", seed, "train.manual_seed")
     _map_lora(m)
+    _map_phases(m)
 
 
 def _map_lora(m: _Mapping) -> None:
-    """use_lora and its options; S-VRT trains the adapted layers' own weights too unless freeze_backbone."""
-    m.copy("train.freeze_backbone", "TRAIN.FREEZE_BACKBONE")
-    if not _on(m.get("train.use_lora")):
+    """use_lora and its options, and what S-VRT's freeze_backbone keeps frozen: everything but the fusion module
+    and the adapters for the whole run without fix_iter; with fix_iter only until phase 2, which then trains
+    everything (or with phase2_lora_mode and LoRA, the adapters and fix_keys only)."""
+    lora = _on(m.get("train.use_lora"))
+    phase2_lora = lora and _on(m.get("train.phase2_lora_mode"))
+    frozen = _on(m.get("train.freeze_backbone")) and (not _on(m.get("train.fix_iter")) or phase2_lora)
+    if m.has("train.freeze_backbone") and m.wanted("TRAIN.FREEZE_BACKBONE"):
+        m.put("TRAIN.FREEZE_BACKBONE", frozen, "train.freeze_backbone")
+    if not lora:
         return  # its options stay unread: listed as ignored
     settings = {k: m.get(f"train.{k}", default) for k, default in LORA_DEFAULTS.items()}
     for option, target in (("lora_rank", "MODEL.LORA_RANK"), ("lora_alpha", "MODEL.LORA_ALPHA"),
@@ -529,7 +537,25 @@ def _map_lora(m: _Mapping) -> None:
         if m.wanted(target):
             m.put(target, settings[option], f"train.{option}")
     if m.wanted("MODEL.LORA_FREEZE_BASE"):
-        m.put("MODEL.LORA_FREEZE_BASE", bool(m.get("train.freeze_backbone")), "train.freeze_backbone")
+        m.put("MODEL.LORA_FREEZE_BASE", frozen, "train.freeze_backbone")
+
+
+def _map_phases(m: _Mapping) -> None:
+    """S-VRT's phase 1 (steps before fix_iter train the fusion module alone, on its fused frames) exists when netG
+    fuses early (or hybrid); its losses and warm-up then apply."""
+    if not _early_fusion(m.get(NETWORK)):
+        return  # the phase options stay unread: listed as ignored (S-VRT computes no fusion loss then)
+    fusion_first = _on(m.get("train.fix_iter"))
+    if m.wanted("TRAIN.FUSION_FIRST"):
+        m.put("TRAIN.FUSION_FIRST", fusion_first, "train.fix_iter")
+    passthrough = m.get("train.fusion_passthrough_loss_weight", 0.0)
+    for source, target in FUSION_LOSSES.items():
+        default = passthrough if "passthrough" in source else 0.0
+        if m.wanted(target):
+            m.put(target, _number(m, source, m.get(source, default)), source)
+    head_only = m.get("train.fusion_warmup.head_only_iters", 0)
+    if fusion_first and head_only and m.wanted("TRAIN.HEAD_ONLY_STEPS"):
+        m.put("TRAIN.HEAD_ONLY_STEPS", head_only, "train.fusion_warmup.head_only_iters")
 
 
 def _map_loss(m: _Mapping) -> None:

@@ -69,6 +69,9 @@ class DataConfig:
                         why="temporal attention needs two frames")
     CROP_SIZE: Union[int, list[int]] = key(256, "training crop in RGB pixels: a square size, or [H, W] for a "
                                                 "rectangular one; multiples of 8 (the model's window)")
+    PHASE1_CROP_SIZE: Optional[Union[int, list[int]]] = key(None, "training crop during phase 1 (steps before "
+                                                                  "TRAIN.FIX_ITER; S-VRT's first gt_size); null = "
+                                                                  "CROP_SIZE")
     K: int = key(32, "spike bins per exposure: voxel bins (channels of spike_vox), or TFP images with SPIKE_REPR "
                      "tfp; also read as DATA.NUM_VOXEL_BINS", fixed_on_resume=True, ge=1)
     SPIKE_REPR: str = key("voxel", f"spike input per frame: {', '.join(SPIKE_REPRS)} (docs/data.md#spike-"
@@ -121,6 +124,11 @@ class DataConfig:
     def crop_hw(self) -> tuple[int, int]:
         """CROP_SIZE as (height, width)."""
         size = self.CROP_SIZE
+        return (size, size) if isinstance(size, int) else (size[0], size[1])
+
+    def phase_crop_hw(self, phase: int) -> tuple[int, int]:
+        """The training crop of phase 1 or 2 as (height, width)."""
+        size = self.PHASE1_CROP_SIZE if phase == 1 and self.PHASE1_CROP_SIZE is not None else self.CROP_SIZE
         return (size, size) if isinstance(size, int) else (size[0], size[1])
 
     @property
@@ -270,7 +278,8 @@ class TrainConfig:
                                 "ema = d x ema + (1 - d) x weights (KAIR's E_decay, e.g. 0.999); 0 = off. Sharded like "
                                 "the fp32 master weights (ZeRO 1/2/3)", ge=0, lt=1, why="0 = off")
     FIX_ITER: int = key(0, "optimizer steps during which the parameters matching FIX_KEYS are not updated "
-                           "(KAIR's fix_iter); 0 = none; > 0 needs FIX_KEYS", ge=0)
+                           "(KAIR's fix_iter), and with FUSION_FIRST the steps of phase 1; 0 = none; > 0 needs "
+                           "FIX_KEYS or FUSION_FIRST", ge=0)
     # FIX_KEYS and FREEZE decide which parameters the optimizer holds, in which groups: the saved optimizer state
     # has that layout.
     FIX_KEYS: list[str] = key([], "name substrings of the parameters fixed for FIX_ITER steps, then trained at "
@@ -279,6 +288,15 @@ class TrainConfig:
                               why="an empty string would match every parameter")
     FIX_LR_MUL: float = key(1.0, "learning-rate multiplier of the FIX_KEYS parameters' group (KAIR's fix_lr_mul)",
                             gt=0)
+    FUSION_FIRST: bool = key(False, "S-VRT's phase 1 for FIX_ITER steps: only the fusion module trains, on the fused "
+                                    "frames (LOSS.FUSION), without the backbone's forward; then phase 2 trains "
+                                    "everything not frozen. Needs MODEL.NETG with early or hybrid fusion",
+                             fixed_on_resume=True)
+    HEAD_ONLY_STEPS: int = key(0, "with FUSION_FIRST: the first N steps train only the fusion operator's write-back "
+                                  "head (S-VRT's fusion_warmup.head_only_iters); at most FIX_ITER count",
+                               fixed_on_resume=True, ge=0)
+    PHASE1_BATCH_SIZE: Optional[int] = key(None, "micro-batch per rank during phase 1 (steps before FIX_ITER; S-VRT's "
+                                                 "first dataloader_batch_size); null = BATCH_SIZE", ge=1)
     FREEZE_BACKBONE: bool = key(False, "train only the fusion module and the LoRA adapters: every other parameter "
                                        "stays out of the optimizer (S-VRT's freeze_backbone)", fixed_on_resume=True)
     FREEZE: list[str] = key([], "name substrings of parameters that never train (e.g. ['vrt.']: the spike branch "
@@ -300,8 +318,26 @@ class PerceptualConfig:
 
 
 @dataclass
+class FusionLossConfig:
+    PHASE1_WEIGHT: float = key(0.0, "phase 1: weight of the Charbonnier loss of the fused frames against the sharp "
+                                    "ones (S-VRT's phase1_fusion_aux_loss_weight)", ge=0)
+    PASSTHROUGH_START: float = key(0.0, "phase 1: weight of the Charbonnier loss of the fused frames against the "
+                                        "blurry ones at the first step, moving linearly to PASSTHROUGH_END at step "
+                                        "FIX_ITER - 1 (S-VRT's fusion_warmup.passthrough_weight_start)", ge=0)
+    PASSTHROUGH_END: float = key(0.0, "phase 1: that weight from step FIX_ITER - 1 (S-VRT's "
+                                      "fusion_warmup.passthrough_weight_end)", ge=0)
+    UPDATE_PENALTY: float = key(0.0, "phase 1: weight of the mean |fused - blurry| (S-VRT's "
+                                     "fusion_warmup.update_penalty_weight)", ge=0)
+    PHASE2_WEIGHT: float = key(0.0, "phase 2: weight of the fused frames' Charbonnier loss against the sharp ones, "
+                                    "added to the output's (S-VRT's phase2_fusion_aux_loss_weight)", ge=0)
+
+
+@dataclass
 class LossConfig:
     CHARBONNIER: CharbonnierConfig = section(CharbonnierConfig, "Charbonnier pixel loss")
+    FUSION: FusionLossConfig = section(FusionLossConfig, "S-VRT's losses on the fused frames (MODEL.NETG with early "
+                                                         "or hybrid fusion); all Charbonnier with "
+                                                         "LOSS.CHARBONNIER.DELTA, unweighted by its WEIGHT")
     VGG_PERCEPTUAL: PerceptualConfig = section(PerceptualConfig, "VGG16 perceptual loss (L1 of features)")
     VGG_PATH: Optional[str] = key(None, "local VGG16 weights file; null = torch's hub cache: "
                                         "vgg16_features-amdegroot-88682ab5.pth (the original's IMAGENET1K_FEATURES), "

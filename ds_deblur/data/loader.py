@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import random
 import warnings
+from dataclasses import replace
 from functools import partial
 from typing import Any, Iterator, Optional, Sequence, Union
 
@@ -173,3 +174,17 @@ def build_dataloaders(cfg: Any, rank: int = 0, world_size: int = 1,
     val = DataLoader(val_set, batch_size=1, sampler=val_sampler, generator=torch.Generator().manual_seed(cfg.SEED),
                      **common, **prefetch[False])
     return train, val
+
+
+def resized(loader: ResumableDataLoader, batch_size: int, crop_hw: tuple[int, int]) -> ResumableDataLoader:
+    """``loader`` with another micro-batch and training crop over the same sampler, so both share one position
+    (S-VRT's phase-wise gt_size and batch size)."""
+    old = loader.dataset
+    dataset = SpikeDeblurDataset(old.root, old.split, replace(old.options, crop_size=crop_hw), training=True,
+                                 spike_size=old.spike_size)
+    workers = loader.num_workers
+    extra: dict[str, Any] = dict(prefetch_factor=loader.prefetch_factor, persistent_workers=loader.persistent_workers,
+                                 worker_init_fn=loader.worker_init_fn) if workers else {}
+    return ResumableDataLoader(dataset, batch_size=batch_size, sampler=loader.sampler, num_workers=workers,
+                               pin_memory=loader.pin_memory, generator=torch.Generator().manual_seed(
+                                   loader.generator.initial_seed()), **extra)

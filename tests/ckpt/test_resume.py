@@ -23,7 +23,7 @@ def weights(run_dir) -> dict:
 def check_exact_resume(data, tmp_path, config: str, ranks: int, env=None, val_every: int = 2,
                        extra_sets=()) -> list[dict]:
     """A run of 6 steps and one of 3 + resume + 3 give bitwise-equal train logs and final weights."""
-    # 8 clips, 4 per rank and epoch on 2 ranks (8 on 1): step 3 of 6 falls in the middle of epoch 0.
+    # 8 clips, 4 per rank and epoch on 2 ranks (8 on 1): at batch 1, step 3 of 6 falls in the middle of epoch 0.
     sets = ["TRAIN.TOTAL_STEPS=6", f"LOG.VAL_EVERY_STEPS={val_every}", "LOG.SAVE_EVERY_STEPS=2", *extra_sets]
     straight, pieces = tmp_path / "straight", tmp_path / "pieces"
     proc = run_train(data, straight, config, sets, ranks=ranks, env=env)
@@ -35,7 +35,7 @@ def check_exact_resume(data, tmp_path, config: str, ranks: int, env=None, val_ev
     assert [r["step"] for r in read_train_log(pieces)] == [1, 2, 3]
     proc = run_train(data, pieces, config, sets, ranks=ranks, extra=["--resume", "auto"], env=env)
     assert proc.returncode == 0, output_of(proc)
-    assert "Resuming from step 3 (epoch 0)" in proc.stdout
+    assert "Resuming from step 3 (epoch " in proc.stdout
     log = read_train_log(pieces)
     assert log == read_train_log(straight)  # losses, LR, grad norms, loss scale: bitwise
     a, b = weights(straight), weights(pieces)
@@ -57,16 +57,13 @@ SVRT_NET = dict(net_type="vrt", upscale=1, img_size=[2, 64, 64], window_size=[2,
 SVRT = SVRT_DATA + ("MODEL.NETG=" + json.dumps(SVRT_NET),)
 
 
-# One rank and two, every ZeRO stage; the S-VRT cases cover S-VRT's data and network under ZeRO 2 (with LoRA
-# adapters on frozen base layers) and 3.
+# One rank and two, every ZeRO stage. S-VRT's data and network (with LoRA under ZeRO 2, without under ZeRO 3)
+# resume across its phase switch in tests/train/test_phase_runs.py.
 @pytest.mark.dist
 @pytest.mark.slow
-@pytest.mark.parametrize("stage, ranks, data_sets", [(1, 2, ()), (3, 2, ()), (2, 1, ()),
-                                                     (2, 2, SVRT + ("MODEL.LORA_RANK=2",)), (3, 2, SVRT)],
-                         ids=["1-2", "3-2", "2-1", "2-2-svrt-lora", "3-2-svrt"])
-def test_resume_mid_epoch_is_exact(data, tmp_path, stage, ranks, data_sets):
-    check_exact_resume(data, tmp_path, ds_json(tmp_path, "ds_configs/cpu_fp32.json", stage), ranks,
-                       extra_sets=data_sets)
+@pytest.mark.parametrize("stage, ranks", [(1, 2), (3, 2), (2, 1)], ids=["1-2", "3-2", "2-1"])
+def test_resume_mid_epoch_is_exact(data, tmp_path, stage, ranks):
+    check_exact_resume(data, tmp_path, ds_json(tmp_path, "ds_configs/cpu_fp32.json", stage), ranks)
 
 
 @pytest.mark.dist
@@ -105,7 +102,7 @@ def test_resume_from_last_pth_on_another_stage_or_world_size(data, tmp_path, sav
     # Loaded on the new stage / world size and saved at once: the very same state, sharded anew.
     proc = run_train(data, pieces, later, sets, ranks=ranks, extra=["--resume", single, "--stop-at-step", "3"])
     assert proc.returncode == 0, output_of(proc)
-    assert "Resuming from step 3 (epoch 0)" in proc.stdout
+    assert "Resuming from step 3 (epoch " in proc.stdout
     a, b = torch.load(single, weights_only=True), single_file_dict(pieces / "ckpts/step_000003")
     assert (a["meta"]["world_size"], b["meta"]["world_size"]) == (saved_on, ranks)
     assert b["meta"]["zero_stage"] == stage and a["step"] == b["step"] == 3
@@ -117,7 +114,7 @@ def test_resume_from_last_pth_on_another_stage_or_world_size(data, tmp_path, sav
     assert a["scheduler"] == b["scheduler"] and a["meta"]["data"] == b["meta"]["data"]
     proc = run_train(data, pieces, later, sets, ranks=ranks, extra=["--resume", "auto"])
     assert proc.returncode == 0, output_of(proc)
-    assert "Resuming from step 3 (epoch 0)" in proc.stdout
+    assert "Resuming from step 3 (epoch " in proc.stdout
     a, b = read_train_log(straight), read_train_log(pieces)
     assert [r["step"] for r in b] == list(range(1, 7))
     assert [r["lr"] for r in b] == [r["lr"] for r in a]  # the schedule continues where it was

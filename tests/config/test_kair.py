@@ -226,20 +226,48 @@ def test_credential_names(name, credential):
     assert is_credential(name) is credential
 
 
-@pytest.mark.parametrize("overrides, named", [
-    (["train.use_lora=true", "train.phase2_lora_mode=true"], "train.phase2_lora_mode is part of S-VRT's"),
-    (["train.two_run.enable=true"], "--set train.two_run.enable=false"),
-    (["train.phase1_fusion_aux_loss_weight=1.0"], "train.phase1_fusion_aux_loss_weight is part"),
-    (["netG.fusion.enable=true"], "train.fix_iter is part"),  # S-VRT's phase 1: the fusion adapter alone
+def test_two_runs_are_an_error_when_on(options):
+    message = failure(options, ["train.two_run.enable=true"])
+    assert message.startswith(f"{options}: ") and "--set train.two_run.enable=false" in message
+    assert "two runs" in message and "not support" in message
+
+
+FUSED = ["netG.fusion.enable=true", "train.phase1_fusion_aux_loss_weight=1.0"]
+WARMUP = ["train.fusion_passthrough_loss_weight=0.3", "train.phase2_fusion_aux_loss_weight=0.2",
+          "train.fusion_warmup={head_only_iters: 40, passthrough_weight_start: 0.2, update_penalty_weight: 0.01}"]
+
+
+def test_fix_iter_with_early_fusion_is_phase_one_with_its_losses(options):
+    cfg = load(options, FUSED + WARMUP)
+    assert (cfg.TRAIN.FUSION_FIRST, cfg.TRAIN.FIX_ITER, cfg.TRAIN.HEAD_ONLY_STEPS) == (True, 100, 40)
+    fusion = cfg.LOSS.FUSION  # passthrough_weight_end falls back on fusion_passthrough_loss_weight, as in S-VRT
+    assert (fusion.PHASE1_WEIGHT, fusion.PASSTHROUGH_START, fusion.PASSTHROUGH_END, fusion.UPDATE_PENALTY,
+            fusion.PHASE2_WEIGHT) == (1.0, 0.2, 0.3, 0.01, 0.2)
+    assert load(options, FUSED + ["train.fix_iter=0"]).TRAIN.FUSION_FIRST is False
+    assert load(options, FUSED + ["TRAIN.FUSION_FIRST=false"]).TRAIN.FUSION_FIRST is False  # ours win
+    plain = load(options, WARMUP)  # no early fusion: S-VRT has no fused frames, the options mean nothing
+    assert (plain.TRAIN.FUSION_FIRST, plain.LOSS.FUSION.PHASE2_WEIGHT) == (False, 0.0)
+
+
+@pytest.mark.parametrize("lora, phase2_lora, fix_iter, frozen", [
+    (True, True, 100, True),  # phase 2 trains the adapters and fix_keys only
+    (True, False, 100, False),  # phase 2 trains everything (S-VRT's netG.requires_grad_(True))
+    (False, True, 100, False),  # phase2_lora_mode needs LoRA
+    (True, False, 0, True),  # no phases: frozen for the whole run
 ])
-def test_the_recipe_is_an_error_when_it_is_on(options, overrides, named):
-    message = failure(options, overrides)
-    assert message.startswith(f"{options}: ") and named in message
-    assert "fusion-first phases, two runs" in message and "not support" in message
+def test_freeze_backbone_lasts_as_long_as_svrt_keeps_it(options, lora, phase2_lora, fix_iter, frozen):
+    cfg = load(options, FUSED + [f"train.use_lora={str(lora).lower()}", "train.freeze_backbone=true",
+                                 f"train.phase2_lora_mode={str(phase2_lora).lower()}", f"train.fix_iter={fix_iter}"])
+    assert cfg.TRAIN.FREEZE_BACKBONE is frozen
+    assert not lora or cfg.MODEL.LORA_FREEZE_BASE is frozen
 
 
-def test_the_recipe_off_loads(options):
-    assert load(options, ["netG.fusion.enable=true", "train.fix_iter=0"]).TRAIN.FIX_ITER == 0
+def test_phase_wise_sizes_map_to_phase_one_keys(options):
+    cfg = load(options, ["datasets.train.gt_size=[128, 96]", "datasets.train.dataloader_batch_size=[8, 4]"])
+    assert (cfg.DATA.PHASE1_CROP_SIZE, cfg.DATA.CROP_SIZE) == (128, 96)
+    assert (cfg.TRAIN.PHASE1_BATCH_SIZE, cfg.TRAIN.BATCH_SIZE) == (8, 4)
+    no_phases = load(options, ["datasets.train.gt_size=[128, 96]", "train.fix_iter=0", "train.fix_keys=[]"])
+    assert (no_phases.DATA.PHASE1_CROP_SIZE, no_phases.DATA.CROP_SIZE) == (None, 96)  # every step is phase 2's
 
 
 def test_lora_and_freeze_backbone_map_onto_our_keys(options):
@@ -248,7 +276,7 @@ def test_lora_and_freeze_backbone_map_onto_our_keys(options):
     lora = load(options, ["train.use_lora=true", "train.lora_rank=4", "train.lora_target_modules=[qkv]"])
     assert (lora.MODEL.LORA_RANK, lora.MODEL.LORA_ALPHA, lora.MODEL.LORA_TARGETS) == (4, 16, ["qkv"])
     assert lora.MODEL.LORA_FREEZE_BASE is False  # S-VRT trains the adapted layers' weights without freeze_backbone
-    frozen = load(options, ["train.use_lora=true", "train.freeze_backbone=true"])
+    frozen = load(options, ["train.use_lora=true", "train.freeze_backbone=true", "train.fix_iter=0"])
     assert (frozen.MODEL.LORA_RANK, frozen.MODEL.LORA_TARGETS) == (8, ["qkv", "proj"])  # S-VRT's defaults
     assert frozen.MODEL.LORA_FREEZE_BASE is True and frozen.TRAIN.FREEZE_BACKBONE is True
     assert load(options, ["train.use_lora=true", "MODEL.LORA_RANK=2"]).MODEL.LORA_RANK == 2  # ours win
@@ -282,8 +310,8 @@ def test_comments_are_blanked_outside_strings_only():
     (["train.G_optimizer_type=sgd"], "train.G_optimizer_type 'sgd' is not supported: use adam or adamw"),
     (["train.G_optimizer_wd=0.01"], "train.G_optimizer_wd = 0.01 with G_optimizer_type adam is Adam's L2 penalty"),
     (["train.G_lossfn_type=l1"], "train.G_lossfn_type 'l1' is not supported"),
-    (["datasets.train.gt_size=[128, 96]"], "datasets.train.gt_size = [128, 96] gives one value per training phase"),
-    (["datasets.train.dataloader_batch_size=[8, 4]"], "per-phase values are not supported yet"),
+    (["datasets.train.gt_size=[128, 96, 64]"], "datasets.train.gt_size = [128, 96, 64] must be one value or "
+                                               "[phase 1, phase 2]"),
     (["train.checkpoint_test=[300, 500]"], "train.checkpoint_test = [300, 500] is not every N steps"),
     (["path.pretrained_netG=auto"], "path.pretrained_netG 'auto' (the newest checkpoint of the run folder)"),
     (["datasets.test.tfp_half_win_length=5"], "datasets.test.tfp_half_win_length = 5 differs from "

@@ -30,6 +30,12 @@ _LEADING = ("spike_encoder", "fusion_operator", "fusion_adapter", "conv_first", 
 class SVRTNet(VRT):
     """VRT restoring the fused frames; the residual is added to the blurry RGB input, as in S-VRT."""
 
+    # Set by the trainer for S-VRT's phases (ds_deblur.phases): the forward returns the fused frames without
+    # running the backbone (phase 1), or keeps them as ``last_fused`` for the fusion loss (phase 2).
+    fusion_only = False
+    keep_fused = False
+    last_fused: Optional[Tensor] = None
+
     def __init__(self, options: NetOptions, flow_policy: str = "mean_windows") -> None:
         super().__init__(in_chans=options.backbone_in_chans, **options.vrt)
         self.options, self.flow_policy = options, flow_policy
@@ -108,6 +114,12 @@ class SVRTNet(VRT):
             raise ValueError(f"spike {tuple(spike.shape)} must be (B, T, {o.spike_chans}, H, W) for blur "
                              f"{tuple(blur.shape)}: netG's in_chans {o.in_chans} = RGB 3 + {o.spike_chans}")
         frames, per_exposure = self._backbone_frames(blur, spike)
+        if self.fusion_only or self.keep_fused:
+            # One fused frame per input frame: of expanded sub-frames the centre one, as S-VRT's loss takes them.
+            fused = frames if per_exposure == 1 else frames[:, per_exposure // 2::per_exposure]
+            if self.fusion_only:
+                return fused
+            self.last_fused = fused
         self.check_input(frames)
         flows = self._flows(frames, per_exposure, flow_spike)
         own = None
