@@ -252,8 +252,8 @@ class FusionLoss:
 
     - phase 1 (the fusion module alone): ``phase1_weight x C(fused, sharp) + w(step) x C(fused, blurry)
       + update_penalty x mean|fused - blurry|``, the pass-through weight ``w`` moving linearly from
-      ``passthrough_start`` towards ``passthrough_end``, reached at step ``phase1_steps - 1`` (S-VRT's schedule over
-      its 1-based iteration counter: step n has ``start + (end - start) x min(n, F - 1) / (F - 1)``);
+      ``passthrough_start`` towards ``passthrough_end``: ``start + (end - start) x min(n, F) / F`` at step n of
+      ``F = phase1_steps`` (S-VRT's schedule: its phase 1 is its iterations 1 to fix_iter - 1 = F);
     - phase 2: ``phase2_weight x C(fused, sharp)``, added to the output's loss.
 
     Each returns ``(total, parts)`` with the unweighted terms as ``loss_fusion``, ``loss_passthrough`` and
@@ -275,9 +275,9 @@ class FusionLoss:
     def passthrough_weight(self, step: int) -> float:
         """The pass-through weight of optimizer step number ``step`` (1-based, as S-VRT counts)."""
         start, end = self.passthrough
-        if self.phase1_steps <= 1:
+        if self.phase1_steps < 1:
             return end
-        return start + (end - start) * min(max(step, 0), self.phase1_steps - 1) / (self.phase1_steps - 1)
+        return start + (end - start) * min(max(step, 0), self.phase1_steps) / self.phase1_steps
 
     def phase1(self, fused: torch.Tensor, sharp: torch.Tensor, blurry: torch.Tensor,
                step: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:

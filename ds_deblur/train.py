@@ -20,7 +20,7 @@ from typing import Any, Iterator, Optional
 import deepspeed
 import torch
 
-from ds_deblur import distributed
+from ds_deblur import distributed, two_run
 from ds_deblur.ckpt import CheckpointManager, CheckpointOptions
 from ds_deblur.ckpt.state import versions
 from ds_deblur.ckpt.tags import BEST
@@ -108,9 +108,10 @@ class Trainer:
     """The train loop. Steps are optimizer steps; logging, validation and saving happen only on step
     boundaries, exactly once each, on every rank together. Checkpoints are the CheckpointManager's."""
 
-    def __init__(self, args: argparse.Namespace) -> None:
+    def __init__(self, args: argparse.Namespace, cfg: Optional[Config] = None) -> None:
+        """``cfg``: the run's config when the caller has it (one run of a two-run training), else ``--config``."""
         self.args = args
-        self.cfg = cfg = load_config(args.config, args.set)
+        self.cfg = cfg = cfg or load_config(args.config, args.set)
         self.rank, self.world = distributed.init()
         self.save_dir = Path(cfg.LOG.SAVE_DIR)
         self.ds = engine_config(args.deepspeed_config, cfg, self.world, say=say)
@@ -315,7 +316,13 @@ class Trainer:
             raise KeyboardInterrupt
         self.stop_requested = True
 
-    def close(self) -> None:
+    @property
+    def finished(self) -> bool:
+        """Whether the run has reached its last step."""
+        return self.state.step >= self.total_steps
+
+    def close(self, keep_group: bool = False) -> None:
+        """Finish the background export and the logs; ``keep_group``: leave the process group for another run."""
         self.ckpt.close()
         if self.last_val is not None:
             self.log.hparams(_hparams(self.cfg, self.precision, self.ds, self.world),
@@ -324,7 +331,8 @@ class Trainer:
                 f"at step {self.state.best_step}) vs blurry input {self.input_metrics['psnr_rgb']:.3f} dB; "
                 f"TensorBoard logs: {self.save_dir / 'tb'}")
         self.log.close()
-        distributed.close()
+        if not keep_group:
+            distributed.close()
 
 
 def _hparams(cfg: Config, precision: str, ds: dict, world: int) -> dict:
@@ -351,19 +359,33 @@ def _timed(loader: Any) -> Iterator[tuple[Any, float]]:
 def main(argv: Optional[list] = None) -> int:
     args = parse_args(argv)
     try:
-        trainer = Trainer(args)
+        runs = two_run.plan(args)
+    except DsDeblurError as err:
+        print(f"[train] error: {err}", file=sys.stderr, flush=True)
+        return 2
+    if runs is None:
+        return train_one(args)[0]
+    code = two_run.train(args, runs, lambda run_args, cfg: train_one(run_args, cfg, keep_group=True), say)
+    distributed.close()
+    return code
+
+
+def train_one(args: argparse.Namespace, cfg: Optional[Config] = None, keep_group: bool = False) -> tuple[int, bool]:
+    """Build, train and close one run: (exit code, whether it reached its last step)."""
+    try:
+        trainer = Trainer(args, cfg)
     except DsDeblurError as err:
         print(f"[train] error: {err}", file=sys.stderr, flush=True)
         distributed.close()
-        return 2
+        return 2, False
     code = 1
     try:
         code = trainer.fit()
     except DsDeblurError as err:
         print(f"\n[train] error: {err}", file=sys.stderr, flush=True)  # below the progress bar's line
     finally:
-        trainer.close()
-    return code
+        trainer.close(keep_group)
+    return code, trainer.finished
 
 
 if __name__ == "__main__":

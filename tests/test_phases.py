@@ -17,7 +17,7 @@ from tests.ckpt.test_resume import SVRT
 from tests.models.svrt.test_net import fusion, inputs, randomise, tiny
 
 DELTA = 1e-3
-PHASES = ["TRAIN.FUSION_FIRST=true", "TRAIN.FIX_ITER=5", "LOSS.FUSION.PHASE1_WEIGHT=1.0",
+PHASES = ["TRAIN.FUSION_FIRST=true", "TRAIN.FIX_ITER=4", "LOSS.FUSION.PHASE1_WEIGHT=1.0",
           "LOSS.FUSION.PASSTHROUGH_START=0.2", "LOSS.FUSION.UPDATE_PENALTY=0.01", "LOSS.FUSION.PHASE2_WEIGHT=0.2"]
 
 
@@ -34,16 +34,18 @@ def svrt_passthrough(current_step: int, fix_iter: int, start: float, end: float)
 
 
 def test_passthrough_weight_follows_svrt_schedule():
+    # S-VRT's fix_iter 6 is 5 phase-1 steps (its iterations 1-5): TRAIN.FIX_ITER 5.
     loss = FusionLoss(DELTA, phase1_steps=5, passthrough_start=0.2, passthrough_end=0.05)
     for step in range(1, 8):
-        assert loss.passthrough_weight(step) == pytest.approx(svrt_passthrough(step, 5, 0.2, 0.05), abs=1e-12)
-    assert FusionLoss(DELTA, 1, passthrough_start=0.2, passthrough_end=0.05).passthrough_weight(1) == 0.05
+        assert loss.passthrough_weight(step) == pytest.approx(svrt_passthrough(step, 6, 0.2, 0.05), abs=1e-12)
+    one = FusionLoss(DELTA, 1, passthrough_start=0.2, passthrough_end=0.05)
+    assert one.passthrough_weight(1) == pytest.approx(svrt_passthrough(1, 2, 0.2, 0.05), abs=1e-12)
 
 
 def test_phase_losses_are_their_definitions():
     g = torch.Generator().manual_seed(0)
     fused, sharp, blurry = (torch.rand(2, 3, 3, 8, 8, generator=g) for _ in range(3))
-    loss = FusionLoss(DELTA, 5, phase1_weight=1.0, passthrough_start=0.2, passthrough_end=0.0, update_penalty=0.01,
+    loss = FusionLoss(DELTA, 4, phase1_weight=1.0, passthrough_start=0.2, passthrough_end=0.0, update_penalty=0.01,
                       phase2_weight=0.3)
     total, parts = loss.phase1(fused, sharp, blurry, step=1)
     want = charbonnier(fused, sharp) + 0.15 * charbonnier(fused, blurry) + 0.01 * (fused - blurry).abs().mean()
@@ -83,7 +85,7 @@ def test_training_forward_and_loss_of_each_phase(tmp_path):
     blur, spike = inputs(s=4)
     sharp = torch.rand_like(blur)
     fused = model.fusion_operator(blur, spike).detach()
-    assert [phases.phase(step) for step in (0, 4, 5)] == [1, 1, 2]
+    assert [phases.phase(step) for step in (0, 3, 4)] == [1, 1, 2]
     with phases.training_forward(step=0):
         out = model(blur, spike)
         total, parts = phases.loss(out, sharp, blur, step=0)  # optimizer step 1
@@ -92,9 +94,9 @@ def test_training_forward_and_loss_of_each_phase(tmp_path):
     torch.testing.assert_close(total, want, rtol=1e-6, atol=0)
     assert parts["weight_passthrough"] == pytest.approx(0.15)
     assert not model.fusion_only and model.last_fused is None  # validation runs the whole network
-    with phases.training_forward(step=5):
+    with phases.training_forward(step=4):
         out = model(blur, spike)
-        total, parts = phases.loss(out, sharp, blur, step=5)
+        total, parts = phases.loss(out, sharp, blur, step=4)
     torch.testing.assert_close(total, charbonnier(out, sharp) + 0.2 * charbonnier(fused, sharp), rtol=1e-6, atol=0)
     assert set(parts) == {"loss_charbonnier", "loss_fusion"}
 
@@ -105,9 +107,9 @@ def test_each_phase_trains_its_own_groups(tmp_path):
     model = tiny(cfg.MODEL.NETG)
     names = [name for name, _ in model.named_parameters()]
     fixed, backbone, features = delayed(model, cfg)
-    assert (fixed.why, fixed.start, fixed.lr_mul) == ("TRAIN.FIX_KEYS", 5, 0.25)
+    assert (fixed.why, fixed.start, fixed.lr_mul) == ("TRAIN.FIX_KEYS", 4, 0.25)
     assert fixed.names == [n for n in names if "spynet" in n]
-    assert backbone.start == 5 and not any(n.startswith(("fusion_", "spynet")) for n in backbone.names)
+    assert backbone.start == 4 and not any(n.startswith(("fusion_", "spynet")) for n in backbone.names)
     assert features.start == 2 and features.names == [n for n in names if n.startswith(
         ("fusion_operator.rgb_context_encoder.", "fusion_operator.pase.", "fusion_operator.fusion_body."))]
     groups = param_groups(model, cfg)

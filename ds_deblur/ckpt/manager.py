@@ -100,7 +100,10 @@ class CheckpointManager:
         if args.reset_optimizer and not resume:
             raise ConfigError("--reset-optimizer only makes sense when resuming (--resume, or "
                               "TRAIN.RESUME_FROM_CHECKPOINT: true)")
-        if args.init_weights or (self.cfg.MODEL.INIT_WEIGHTS and not resume):
+        location = self._locate(resume) if resume and not args.init_weights else None
+        if resume and location is None:
+            self.say(f"[train] --resume auto: no complete checkpoint under {self.dir}, starting a fresh run")
+        if args.init_weights or (self.cfg.MODEL.INIT_WEIGHTS and location is None):
             init = args.init_weights or self.cfg.MODEL.INIT_WEIGHTS
             what, report = load_weights(model, init, partial=self.cfg.MODEL.INIT_PARTIAL)
             self.say(f"[train] Initialised weights from {init} ({what}); new run from step 0")
@@ -109,11 +112,7 @@ class CheckpointManager:
             if not args.init_weights:  # --init-weights starts from its file alone, EMA included
                 self._init_ema = self.cfg.MODEL.INIT_EMA_WEIGHTS
             return
-        if not resume:
-            return
-        location = self._locate(resume)
         if location is None:
-            self.say(f"[train] --resume auto: no complete checkpoint under {self.dir}, starting a fresh run")
             return
         self._reset_optimizer = args.reset_optimizer
         self._source = location.path
@@ -198,7 +197,7 @@ class CheckpointManager:
         self.engine, self.ema = engine, ema
         if self._complete is None:
             if self._init_ema and ema is not None:
-                ema.load_full(read_weights(self._init_ema).state_dict)
+                ema.load_full(read_weights(self._init_ema, ema=None).state_dict)  # a checkpoint's own EMA, if kept
                 self.say(f"[train] EMA weights initialised from {self._init_ema} (MODEL.INIT_EMA_WEIGHTS)")
             return TrainState()
         saved = self._complete(engine)

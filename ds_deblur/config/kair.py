@@ -12,6 +12,7 @@ secrets) are dropped before anything else, so no config, log or error holds them
 """
 from __future__ import annotations
 
+import copy
 import json
 import math
 import os
@@ -37,8 +38,8 @@ _TOKENS = re.compile(r'"(?:[^"\\\n]|\\.)*"|//[^\n]*|/\*(?:.*?\*/|.*)', re.S)
 _SECRET_WORDS = {"password", "passwd", "secret", "secrets", "credential", "credentials"}
 _SECRET_ENDINGS = ("api_key", "apikey", "access_key", "private_key", "token")
 
-# S-VRT's recipe not supported yet: two runs. A key listed here is an error when it is on.
-RECIPE_KEYS = ("two_run",)
+TWO_RUN = "train.two_run"  # S-VRT's two-run training: two configs, which ds_deblur/train.py runs one after the other
+RUN_NAMES = ("phase1", "phase2")
 LORA_DEFAULTS = {"lora_rank": 8, "lora_alpha": 16, "lora_target_modules": ["qkv", "proj"]}  # S-VRT's
 # S-VRT's fusion losses: option -> our key (fusion_passthrough_loss_weight is the default of both pass-through ends).
 FUSION_LOSSES = {"train.phase1_fusion_aux_loss_weight": "LOSS.FUSION.PHASE1_WEIGHT",
@@ -67,7 +68,6 @@ SUPPORTED_VALUES = {
 # Options that become one of our keys as they are: option -> our key.
 DIRECT = {
     "train.E_decay": "TRAIN.EMA_DECAY",
-    "train.fix_iter": "TRAIN.FIX_ITER",
     "train.fix_lr_mul": "TRAIN.FIX_LR_MUL",
     "train.fix_keys": "TRAIN.FIX_KEYS",
     "train.total_iter": "TRAIN.TOTAL_STEPS",
@@ -282,17 +282,50 @@ def _on(value: Any) -> bool:
 
 
 def _check_recipe(options: dict, origin: str) -> None:
-    """The part of S-VRT's recipe not supported yet (two runs) is an error when any of it is on."""
-    found = []  # (option, its value)
-    for section in ("train", NETWORK):
-        opts = options.get(section)
-        if isinstance(opts, dict):
-            found += [(f"{section}.{k}", opts[k]) for k in RECIPE_KEYS if _on(opts.get(k))]
-    if found:
-        names = ", ".join(name for name, _ in found)
-        verb, pronoun = ("is", "it") if len(found) == 1 else ("are", "them")
-        raise ConfigError(f"{origin}: {names} {verb} part of S-VRT's training recipe (two runs), which ds_deblur "
-                          f"does not support yet: turn {pronoun} off, e.g. --set {_off_setting(*found[0])}")
+    """A two-run file is two configs (``two_run_options``): as one it is an error that says how to read it."""
+    found, value = get_path(options, TWO_RUN)
+    if found and _on(value):
+        raise ConfigError(f"{origin}: {TWO_RUN}.enable is on: S-VRT's two-run training is two runs, which "
+                          f"ds_deblur/train.py trains one after the other (docs/svrt.md); to read the file as one "
+                          f"run, --set {_off_setting(TWO_RUN, value)}")
+
+
+def two_run_options(options: dict, origin: str) -> Optional[tuple[dict, dict]]:
+    """The option sets of S-VRT's two runs (``train.two_run.enable``), or None when it is off: the file's options
+    with ``train.two_run.phase1`` (``phase2``) merged into ``train`` (its ``path`` into ``path``) and two_run off,
+    as S-VRT's utils_two_run resolves them. A first run whose fix_iter equals its total_iter is phase 1 throughout
+    (S-VRT raises it to total_iter + 1)."""
+    found, section = get_path(options, TWO_RUN)
+    if not found or not _on(section):
+        return None
+    runs = []
+    for name in RUN_NAMES:
+        override = section.get(name) if isinstance(section, dict) else None
+        total = override.get("total_iter") if isinstance(override, dict) else None
+        if not isinstance(total, int) or isinstance(total, bool) or total < 1:
+            raise ConfigError(f"{origin}: {TWO_RUN}.{name}.total_iter must be an int >= 1 (S-VRT's two-run "
+                              f"training needs both runs' lengths), got {total!r}")
+        override = dict(override)
+        run = _merged(options, {"train": {k: v for k, v in override.items() if k != "path"},
+                                "path": override.get("path") or {}})
+        set_path(run, f"{TWO_RUN}.enable", False)
+        runs.append(run)
+    first, second = (run["train"] for run in runs)
+    if first.get("fix_iter") == first["total_iter"]:
+        first["fix_iter"] = first["total_iter"] + 1
+    if _on(second.get("G_optimizer_reuse")) or (runs[1]["path"] or {}).get("pretrained_optimizerG"):
+        raise ConfigError(f"{origin}: {TWO_RUN}.phase2 must not reuse the first run's optimizer (G_optimizer_reuse, "
+                          f"path.pretrained_optimizerG): the second run starts with a fresh one, as in S-VRT")
+    return runs[0], runs[1]
+
+
+def _merged(base: dict, override: dict) -> dict:
+    """``base`` with ``override``'s entries, dictionaries merged key by key (S-VRT's deep_merge_dict)."""
+    out = copy.deepcopy(base)
+    for key, value in override.items():
+        both = isinstance(out.get(key), dict) and isinstance(value, dict)
+        out[key] = _merged(out[key], value) if both else copy.deepcopy(value)
+    return out
 
 
 def _off_setting(name: str, value: Any) -> str:
@@ -529,6 +562,8 @@ def _map_lora(m: _Mapping) -> None:
     frozen = _on(m.get("train.freeze_backbone")) and (not _on(m.get("train.fix_iter")) or phase2_lora)
     if m.has("train.freeze_backbone") and m.wanted("TRAIN.FREEZE_BACKBONE"):
         m.put("TRAIN.FREEZE_BACKBONE", frozen, "train.freeze_backbone")
+        if frozen and not _on(m.get("train.fix_iter")) and m.wanted("TRAIN.FIX_KEYS"):
+            m.put("TRAIN.FIX_KEYS", [], "train.fix_keys")  # never released: frozen with the backbone, as in S-VRT
     if not lora:
         return  # its options stay unread: listed as ignored
     settings = {k: m.get(f"train.{k}", default) for k, default in LORA_DEFAULTS.items()}
@@ -541,11 +576,16 @@ def _map_lora(m: _Mapping) -> None:
 
 
 def _map_phases(m: _Mapping) -> None:
-    """S-VRT's phase 1 (steps before fix_iter train the fusion module alone, on its fused frames) exists when netG
-    fuses early (or hybrid); its losses and warm-up then apply."""
+    """fix_iter, and S-VRT's phase 1 (its iterations before fix_iter train the fusion module alone, on its fused
+    frames) when netG fuses early (or hybrid), with its losses and warm-up. S-VRT counts iterations from 1 and
+    releases at iteration fix_iter, so fix_iter - 1 steps are fixed (and head_only_iters - 1 are head-only):
+    TRAIN.FIX_ITER and TRAIN.HEAD_ONLY_STEPS count those steps."""
+    fix_iter = m.get("train.fix_iter", 0)
+    if m.has("train.fix_iter") and m.wanted("TRAIN.FIX_ITER"):
+        m.put("TRAIN.FIX_ITER", max(int(_number(m, "train.fix_iter", fix_iter)) - 1, 0), "train.fix_iter")
     if not _early_fusion(m.get(NETWORK)):
         return  # the phase options stay unread: listed as ignored (S-VRT computes no fusion loss then)
-    fusion_first = _on(m.get("train.fix_iter"))
+    fusion_first = _number(m, "train.fix_iter", fix_iter or 0) > 1
     if m.wanted("TRAIN.FUSION_FIRST"):
         m.put("TRAIN.FUSION_FIRST", fusion_first, "train.fix_iter")
     passthrough = m.get("train.fusion_passthrough_loss_weight", 0.0)
@@ -553,9 +593,9 @@ def _map_phases(m: _Mapping) -> None:
         default = passthrough if "passthrough" in source else 0.0
         if m.wanted(target):
             m.put(target, _number(m, source, m.get(source, default)), source)
-    head_only = m.get("train.fusion_warmup.head_only_iters", 0)
-    if fusion_first and head_only and m.wanted("TRAIN.HEAD_ONLY_STEPS"):
-        m.put("TRAIN.HEAD_ONLY_STEPS", head_only, "train.fusion_warmup.head_only_iters")
+    head_only = int(_number(m, "train.fusion_warmup.head_only_iters", m.get("train.fusion_warmup.head_only_iters", 0)))
+    if fusion_first and head_only > 1 and m.wanted("TRAIN.HEAD_ONLY_STEPS"):
+        m.put("TRAIN.HEAD_ONLY_STEPS", head_only - 1, "train.fusion_warmup.head_only_iters")
 
 
 def _map_loss(m: _Mapping) -> None:

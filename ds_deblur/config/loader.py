@@ -75,22 +75,38 @@ def save_config(cfg: Config, path: Union[str, Path], deepspeed: Optional[dict] =
     Path(path).write_text(yaml.safe_dump(data, sort_keys=False))
 
 
-def _read_options(source: Union[str, Path, dict], overrides: Iterable[str]) -> tuple[dict, dict[str, str], list[str]]:
-    """An S-VRT option file mapped onto the schema: the raw config, our key -> the option it came from, and our own
-    overrides, still to apply. Overrides of S-VRT options (``netG.fusion.operator=gated``, ``train.total_iter=10``)
-    change the options before they are mapped; ours (``TRAIN.TOTAL_STEPS=10``) apply after, and win: the options
-    that would set the same keys are not mapped."""
-    origin = kair.describe(source)
+def load_two_run(source: Union[str, Path], overrides: Iterable[str] = ()) -> Optional[tuple[Config, Config]]:
+    """The configs of the two runs of an S-VRT option file with ``train.two_run.enable`` (``kair.two_run_options``;
+    both get ``overrides``), or None for any other source."""
+    if not kair.is_option_source(source):
+        return None
+    options, ours = _options_with_overrides(source, overrides)
+    runs = kair.two_run_options(options, kair.describe(source))
+    return None if runs is None else (load_config(runs[0], ours), load_config(runs[1], ours))
+
+
+def _options_with_overrides(source: Union[str, Path, dict], overrides: Iterable[str]) -> tuple[dict, list[str]]:
+    """S-VRT's options with the overrides of its own keys (``netG.fusion.operator=gated``) applied, and ours."""
     options = kair.read_option_file(Path(source)) if isinstance(source, (str, Path)) else deep_copy(source)
-    theirs, ours, given = [], [], []
+    theirs, ours = [], []
     for item in overrides:
         key, value = parse_override(item)
         if kair.is_option_key(key, options):
             theirs.append((key, value))
         else:
             ours.append(item)
-            given.append(_canonical(key))
     kair.apply_overrides(options, theirs)
+    return options, ours
+
+
+def _read_options(source: Union[str, Path, dict], overrides: Iterable[str]) -> tuple[dict, dict[str, str], list[str]]:
+    """An S-VRT option file mapped onto the schema: the raw config, our key -> the option it came from, and our own
+    overrides, still to apply. Overrides of S-VRT options (``netG.fusion.operator=gated``, ``train.total_iter=10``)
+    change the options before they are mapped; ours (``TRAIN.TOTAL_STEPS=10``) apply after, and win: the options
+    that would set the same keys are not mapped."""
+    origin = kair.describe(source)
+    options, ours = _options_with_overrides(source, overrides)
+    given = [_canonical(parse_override(item)[0]) for item in ours]
     mapped = kair.to_config(options, origin, given)
     kair.warn_ignored(origin, mapped.ignored)
     return mapped.raw, mapped.spelled, ours

@@ -297,8 +297,9 @@ class TrainConfig:
                                fixed_on_resume=True, ge=0)
     PHASE1_BATCH_SIZE: Optional[int] = key(None, "micro-batch per rank during phase 1 (steps before FIX_ITER; S-VRT's "
                                                  "first dataloader_batch_size); null = BATCH_SIZE", ge=1)
-    FREEZE_BACKBONE: bool = key(False, "train only the fusion module and the LoRA adapters: every other parameter "
-                                       "stays out of the optimizer (S-VRT's freeze_backbone)", fixed_on_resume=True)
+    FREEZE_BACKBONE: bool = key(False, "train only the fusion module, the LoRA adapters and the FIX_KEYS "
+                                       "parameters: every other one stays out of the optimizer (S-VRT's "
+                                       "freeze_backbone)", fixed_on_resume=True)
     FREEZE: list[str] = key([], "name substrings of parameters that never train (e.g. ['vrt.']: the spike branch "
                                 "and fusion train on a frozen backbone); they stay out of the optimizer",
                             fixed_on_resume=True, nonempty=True, why="an empty string would match every parameter")
@@ -322,9 +323,9 @@ class FusionLossConfig:
     PHASE1_WEIGHT: float = key(0.0, "phase 1: weight of the Charbonnier loss of the fused frames against the sharp "
                                     "ones (S-VRT's phase1_fusion_aux_loss_weight)", ge=0)
     PASSTHROUGH_START: float = key(0.0, "phase 1: weight of the Charbonnier loss of the fused frames against the "
-                                        "blurry ones at the first step, moving linearly to PASSTHROUGH_END at step "
-                                        "FIX_ITER - 1 (S-VRT's fusion_warmup.passthrough_weight_start)", ge=0)
-    PASSTHROUGH_END: float = key(0.0, "phase 1: that weight from step FIX_ITER - 1 (S-VRT's "
+                                        "blurry ones, START + (END - START) x n / TRAIN.FIX_ITER at step n (S-VRT's "
+                                        "fusion_warmup.passthrough_weight_start)", ge=0)
+    PASSTHROUGH_END: float = key(0.0, "phase 1: that weight at the last phase-1 step (S-VRT's "
                                       "fusion_warmup.passthrough_weight_end)", ge=0)
     UPDATE_PENALTY: float = key(0.0, "phase 1: weight of the mean |fused - blurry| (S-VRT's "
                                      "fusion_warmup.update_penalty_weight)", ge=0)

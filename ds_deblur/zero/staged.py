@@ -60,8 +60,8 @@ def matches(name: str, keys: list[str]) -> bool:
 
 def freeze(model: nn.Module, cfg: Config) -> list[str]:
     """Set ``requires_grad=False`` (before ``deepspeed.initialize``) on the TRAIN.FREEZE parameters, with
-    TRAIN.FREEZE_BACKBONE on all but the fusion module's and the adapters' (and the FIX_KEYS ones when FIX_ITER
-    releases them later, as S-VRT's phase 2 does), and with MODEL.LORA_FREEZE_BASE on the adapted layers' own
+    TRAIN.FREEZE_BACKBONE on all but the fusion module's, the adapters' and the FIX_KEYS ones (which train after
+    FIX_ITER, as S-VRT's phase 2 releases them), and with MODEL.LORA_FREEZE_BASE on the adapted layers' own
     weights; returns their names."""
     keys, train = cfg.TRAIN.FREEZE, cfg.TRAIN
     params = dict(model.named_parameters())
@@ -70,7 +70,7 @@ def freeze(model: nn.Module, cfg: Config) -> list[str]:
         raise ConfigError(f"TRAIN.FREEZE {keys} matches no parameter of this model (names look like "
                           f"{', '.join(list(params)[:3])})")
     if train.FREEZE_BACKBONE:
-        kept = BACKBONE_EXCEPTIONS + (train.FIX_KEYS if train.FIX_ITER else [])
+        kept = BACKBONE_EXCEPTIONS + train.FIX_KEYS
         chosen += [name for name in params if not matches(name, kept)]
     if cfg.MODEL.LORA_RANK and cfg.MODEL.LORA_FREEZE_BASE:
         chosen += [f"{layer}.base.{leaf}" for layer, m in lora_layers(model).items() for leaf, _ in

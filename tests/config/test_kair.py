@@ -138,7 +138,8 @@ def test_every_mapped_option_lands_on_its_key(options):
         ("adamw", 2e-4, [0.9, 0.95], 0.0)
     assert (train.SCHED.TYPE, train.SCHED.WARMUP_STEPS, train.SCHED.MIN_LR) == ("cosine", 0, 1e-7)
     assert (train.TOTAL_STEPS, train.EMA_DECAY, train.MAX_GRAD_NORM, cfg.SEED) == (1000, 0.999, 0.0, 7)
-    assert (train.FIX_ITER, train.FIX_LR_MUL, train.FIX_KEYS) == (100, 0.125, ["spynet", "deform"])
+    # S-VRT counts from 1 and releases at fix_iter: its iterations 1-99 are fixed, TRAIN.FIX_ITER's 99 steps.
+    assert (train.FIX_ITER, train.FIX_LR_MUL, train.FIX_KEYS) == (99, 0.125, ["spynet", "deform"])
     assert (train.VAL_TILE_SIZE, train.VAL_TILE_OVERLAP) == (64, 16)
     assert cfg.LOSS.CHARBONNIER.DELTA == pytest.approx(1e-3)  # S-VRT adds eps = DELTA^2 under the root
     assert cfg.LOSS.CHARBONNIER.WEIGHT == 0.5
@@ -239,11 +240,13 @@ WARMUP = ["train.fusion_passthrough_loss_weight=0.3", "train.phase2_fusion_aux_l
 
 def test_fix_iter_with_early_fusion_is_phase_one_with_its_losses(options):
     cfg = load(options, FUSED + WARMUP)
-    assert (cfg.TRAIN.FUSION_FIRST, cfg.TRAIN.FIX_ITER, cfg.TRAIN.HEAD_ONLY_STEPS) == (True, 100, 40)
+    assert (cfg.TRAIN.FUSION_FIRST, cfg.TRAIN.FIX_ITER, cfg.TRAIN.HEAD_ONLY_STEPS) == (True, 99, 39)
     fusion = cfg.LOSS.FUSION  # passthrough_weight_end falls back on fusion_passthrough_loss_weight, as in S-VRT
     assert (fusion.PHASE1_WEIGHT, fusion.PASSTHROUGH_START, fusion.PASSTHROUGH_END, fusion.UPDATE_PENALTY,
             fusion.PHASE2_WEIGHT) == (1.0, 0.2, 0.3, 0.01, 0.2)
     assert load(options, FUSED + ["train.fix_iter=0"]).TRAIN.FUSION_FIRST is False
+    no_phase_one = load(options, FUSED + ["train.fix_iter=1"]).TRAIN  # S-VRT's iteration 1 is already phase 2
+    assert (no_phase_one.FUSION_FIRST, no_phase_one.FIX_ITER, no_phase_one.FIX_KEYS) == (False, 0, ["spynet", "deform"])
     assert load(options, FUSED + ["TRAIN.FUSION_FIRST=false"]).TRAIN.FUSION_FIRST is False  # ours win
     plain = load(options, WARMUP)  # no early fusion: S-VRT has no fused frames, the options mean nothing
     assert (plain.TRAIN.FUSION_FIRST, plain.LOSS.FUSION.PHASE2_WEIGHT) == (False, 0.0)
@@ -253,13 +256,15 @@ def test_fix_iter_with_early_fusion_is_phase_one_with_its_losses(options):
     (True, True, 100, True),  # phase 2 trains the adapters and fix_keys only
     (True, False, 100, False),  # phase 2 trains everything (S-VRT's netG.requires_grad_(True))
     (False, True, 100, False),  # phase2_lora_mode needs LoRA
-    (True, False, 0, True),  # no phases: frozen for the whole run
+    (True, False, 0, True),  # no phases: frozen for the whole run, fix_keys included
 ])
 def test_freeze_backbone_lasts_as_long_as_svrt_keeps_it(options, lora, phase2_lora, fix_iter, frozen):
     cfg = load(options, FUSED + [f"train.use_lora={str(lora).lower()}", "train.freeze_backbone=true",
                                  f"train.phase2_lora_mode={str(phase2_lora).lower()}", f"train.fix_iter={fix_iter}"])
     assert cfg.TRAIN.FREEZE_BACKBONE is frozen
     assert not lora or cfg.MODEL.LORA_FREEZE_BASE is frozen
+    # fix_keys train under freeze_backbone once fix_iter releases them; without fix_iter they stay frozen
+    assert cfg.TRAIN.FIX_KEYS == ([] if frozen and not fix_iter else ["spynet", "deform"])
 
 
 def test_phase_wise_sizes_map_to_phase_one_keys(options):

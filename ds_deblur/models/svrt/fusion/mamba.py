@@ -94,6 +94,8 @@ class MambaFusion(nn.Module):
 
     expects_structured_early = True
     frame_contract = "collapsed"
+    # What S-VRT's writeback_only warm-up stage holds back (TRAIN.HEAD_ONLY_STEPS).
+    feature_modules = ("rgb_context_encoder", "spike_token_encoder", "mamba_token_mixer")
 
     def __init__(self, rgb_chans: int, spike_chans: int, out_chans: int, operator_params: Mapping[str, Any]) -> None:
         super().__init__()
