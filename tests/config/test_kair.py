@@ -227,10 +227,10 @@ def test_credential_names(name, credential):
     assert is_credential(name) is credential
 
 
-def test_two_runs_are_an_error_when_on(options):
+def test_a_two_run_file_read_as_one_config_says_how(options):
     message = failure(options, ["train.two_run.enable=true"])
     assert message.startswith(f"{options}: ") and "--set train.two_run.enable=false" in message
-    assert "two runs" in message and "not support" in message
+    assert "two runs, which ds_deblur/train.py trains one after the other" in message
 
 
 FUSED = ["netG.fusion.enable=true", "train.phase1_fusion_aux_loss_weight=1.0"]
