@@ -26,7 +26,7 @@ from ds_deblur.ckpt.compat import check_config_change
 from ds_deblur.ckpt.export import LAST_FILE, BackgroundExporter, stale_exports
 from ds_deblur.ckpt.gather import fp32_state_dict, frozen_names, has_legacy_names, open_tag
 from ds_deblur.ckpt.retention import retain
-from ds_deblur.ckpt.single_file import load_single_file, single_file_dict
+from ds_deblur.ckpt.single_file import load_single_file, single_file_dict, svrt_in_module_order
 from ds_deblur.ckpt.state import TrainState, client_state
 from ds_deblur.ckpt.tag_io import load_single, load_tag, load_tag_ema, save_tag
 from ds_deblur.ckpt.tags import (BEST, Location, newest_complete, read_latest, resolve, saved_world_size, step_tag,
@@ -149,10 +149,12 @@ class CheckpointManager:
         carried = ["weights"] + ["EMA"] * (single.get("state_dict_ema") is not None) + ["Adam moments"] * bool(
             optimizer)
         if optimizer:
-            saved, ours = sum(len(g["params"]) for g in optimizer["param_groups"]), len(list(model.parameters()))
-            if saved != ours:
-                raise CheckpointFormatError(f"{single['meta']['optimizer_file']} holds Adam state for {saved} "
-                                            f"parameters, this model has {ours}: not this network's optimizer")
+            names = [name for name, _ in model.named_parameters()]
+            saved, source = sum(len(g["params"]) for g in optimizer["param_groups"]), single["meta"]["optimizer_file"]
+            if saved != len(names):
+                raise CheckpointFormatError(f"{source} holds Adam state for {saved} parameters, this model has "
+                                            f"{len(names)}: not this network's optimizer")
+            single["optimizer"] = svrt_in_module_order(optimizer, names, self.cfg.TRAIN.FIX_KEYS, source)
         missing = "" if optimizer else f", Adam moments (no {step}_optimizerG.pth)"
         self.say(f"[train] S-VRT's iteration {step}: {', '.join(carried)} carried over; not in its files, so started "
                  f"afresh: LR schedule (stepped to {step}), data order, RNG state{missing}")

@@ -156,6 +156,25 @@ def svrt_optimizer(path: Path) -> dict:
     return saved
 
 
+def svrt_in_module_order(optimizer: dict, names: list[str], fix_keys: list[str], source: object) -> dict:
+    """S-VRT's Adam state numbered in module order, as ``load_single`` reads it. With two groups (its fix_lr_mul
+    split) S-VRT numbers the parameters not matching fix_keys first, then those matching, each in module order."""
+    groups = optimizer["param_groups"]
+    if len(groups) == 1:
+        return optimizer
+    fixed = [name for name in names if any(key in name for key in fix_keys)]
+    order = [name for name in names if name not in set(fixed)] + fixed
+    if len(groups) != 2 or len(groups[1]["params"]) != len(fixed):
+        raise CheckpointFormatError(f"{source} has {len(groups)} parameter groups of {[len(g['params']) for g in groups]}"
+                                    f" parameters; S-VRT's split by fix_keys {fix_keys} gives {len(fixed)} in the "
+                                    f"second: move it away to start the Adam moments afresh")
+    position = {name: i for i, name in enumerate(names)}
+    saved = [index for group in groups for index in group["params"]]
+    state = {position[order[k]]: optimizer["state"][index] for k, index in enumerate(saved)
+             if index in optimizer["state"]}
+    return {"state": state, "param_groups": groups}
+
+
 def single_file_step(path: Path) -> Any:
     """The step a single file was exported at, or None when it is missing or damaged (then it is re-exported)."""
     try:

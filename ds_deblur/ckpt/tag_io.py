@@ -143,7 +143,7 @@ def load_single(engine: Any, ckpt: dict, load_optimizer: bool = True, ema: Optio
     if load_optimizer:
         if ckpt["optimizer"] is not None:
             moments = ckpt["optimizer"]["state"]
-            _prepare_adam_state(engine, _group_steps(ckpt["optimizer"], len(engine.optimizer.param_groups)))
+            _prepare_adam_state(engine, _group_steps(engine, params, moments))
             for index, (_, param) in enumerate(params):
                 # A parameter without saved moments (S-VRT's Adam holds none for one that never had a gradient)
                 # keeps fresh zeros.
@@ -165,15 +165,13 @@ def load_single(engine: Any, ckpt: dict, load_optimizer: bool = True, ema: Optio
             "ema_restored": ema_weights is not None}
 
 
-def _group_steps(optimizer: dict, groups: int) -> list[float]:
-    """The Adam step count of each of this engine's ``groups`` parameter groups from a torch optimizer state dict:
-    per group when the file has as many groups (TRAIN.FIX_KEYS's group counts its own steps), else the largest."""
-    state, saved = optimizer["state"], optimizer["param_groups"]
-    if len(saved) == groups:
-        firsts = [next((i for i in group["params"] if i in state), None) for group in saved]
-        if None not in firsts:
-            return [float(state[i]["step"]) for i in firsts]
-    return [max(float(s["step"]) for s in state.values())] * groups
+def _group_steps(engine: Any, params: list[tuple[str, torch.nn.Parameter]], moments: dict) -> list[float]:
+    """The Adam step count of each of the engine's parameter groups: the saved step of a member that has state
+    (``moments`` numbers the module's parameters in order; a group's members started together), else 0 (a group
+    that has not trained yet starts afresh, as S-VRT's Adam holds no state for a parameter without gradients)."""
+    index = {id(param): i for i, (_, param) in enumerate(params)}
+    return [next((float(moments[index[id(p)]]["step"]) for p in members if index[id(p)] in moments), 0.0)
+            for members in partitions.group_params(engine)]
 
 
 def _restore_schedule(scheduler: Any, saved: Optional[dict], step: int) -> str:

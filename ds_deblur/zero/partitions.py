@@ -64,6 +64,20 @@ def group_flats(engine: Any) -> list[list[torch.Tensor]]:
 
 
 @torch.no_grad()
+def group_params(engine: Any) -> list[list[torch.nn.Parameter]]:
+    """The trained parameters of each optimizer parameter group (ZeRO 3: its sub-groups joined)."""
+    opt = engine.optimizer
+    for name in ("bit16_groups", "bf16_groups"):
+        if hasattr(opt, name):
+            return [list(group) for group in getattr(opt, name)]
+    groups: list[list[torch.nn.Parameter]] = [[] for _ in base_optimizer(engine).param_groups]
+    if hasattr(opt, "fp16_groups") and hasattr(opt, "sub_group_to_group_id"):
+        for i, sub_group in enumerate(opt.fp16_groups):
+            groups[opt.sub_group_to_group_id[i]] += list(sub_group)
+        return groups
+    return [list(group["params"]) for group in base_optimizer(engine).param_groups]
+
+
 def push_masters_to_module(engine: Any) -> None:
     """Make the module's weights (every rank's whole copy, or ZeRO 3's partitions) equal the fp32 masters again,
     as DeepSpeed does at the end of an optimizer step. Every rank must call it (it all-gathers)."""

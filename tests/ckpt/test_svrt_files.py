@@ -14,6 +14,7 @@ from ds_deblur.config import load_config
 from ds_deblur.errors import CheckpointFormatError
 from ds_deblur.models import build_model
 from ds_deblur.models.svrt.net import SVRTNet
+from ds_deblur.run_log import read_train_log
 from support.train_utils import model_from_sets, output_of, run_train
 from tests.ckpt.test_resume import SVRT_DATA
 
@@ -86,13 +87,19 @@ def test_a_file_of_another_network_is_refused_naming_keys(tmp_path):
 
 @pytest.mark.dist
 @pytest.mark.slow
-def test_an_svrt_experiment_folder_continues_with_its_adam_moments(data, tmp_path):
+def test_an_svrt_experiment_folder_continues_with_its_adam_moments_in_its_phase(data, tmp_path):
+    # S-VRT's fix_iter 4 (TRAIN.FIX_ITER 3): its iterations 1-3 are phase 1; fix_lr_mul splits spynet into a group.
+    recipe = ["TRAIN.FUSION_FIRST=true", "TRAIN.FIX_ITER=3", "LOSS.FUSION.PHASE1_WEIGHT=1", "TRAIN.FIX_KEYS=[spynet]",
+              "TRAIN.FIX_LR_MUL=0.5"]
     sets = [*SVRT_DATA, "DATA.K=4", "DATA.CLIP_LEN=2", "MODEL.NETG=" + json.dumps(NETG), "TRAIN.EMA_DECAY=0.999"]
     net = model_from_sets(sets, seed=0)
-    adam = torch.optim.Adam(net.parameters(), lr=1e-3, betas=(0.9, 0.99))  # S-VRT's: every parameter, in order
-    for _ in range(2):  # S-VRT's iterations 1 and 2
+    named = list(net.named_parameters())
+    split = [[p for n, p in named if "spynet" not in n], [p for n, p in named if "spynet" in n]]
+    adam = torch.optim.Adam([{"params": split[0]}, {"params": split[1], "lr": 5e-4}], lr=1e-3, betas=(0.9, 0.99))
+    for _ in range(2):  # S-VRT's iterations 1 and 2, phase 1: the fusion adapter's forward alone has gradients
         adam.zero_grad()
-        net(torch.rand(1, 2, 3, 64, 64), torch.rand(1, 2, 4, 64, 64)).square().mean().backward()
+        frames, _ = net.fusion_adapter(torch.rand(1, 2, 3, 64, 64), torch.rand(1, 2, 4, 64, 64))
+        frames.square().mean().backward()
         adam.step()
     models = tmp_path / "experiments/gated_tiny/models"
     models.mkdir(parents=True)
@@ -104,18 +111,23 @@ def test_an_svrt_experiment_folder_continues_with_its_adam_moments(data, tmp_pat
     torch.save(ema, models / "2_E.pth")
     torch.save(adam.state_dict(), models / "2_optimizerG.pth")
     out = tmp_path / "run"  # the newest files, on 2 ranks under ZeRO 2, saved again at once
-    proc = run_train(data, out, sets=sets, extra=["--resume", str(models), "--stop-at-step", "2"])
+    proc = run_train(data, out, sets=[*sets, *recipe], extra=["--resume", str(models), "--stop-at-step", "2"])
     assert proc.returncode == 0, output_of(proc)
     assert "S-VRT's iteration 2: weights, EMA, Adam moments carried over" in proc.stdout
     saved = load_single_file(out / "ckpts/last.pth")
     assert saved["step"] == 2 and same(saved["state_dict"], net.state_dict())
     assert same(saved["state_dict_ema"], ema)
+    position = {id(p): i for i, (_, p) in enumerate(named)}
     theirs, ours = adam.state_dict()["state"], saved["optimizer"]["state"]
-    assert theirs and theirs.keys() <= ours.keys()
-    for index, moments in theirs.items():
-        assert float(ours[index]["step"]) == 2.0
+    order = [position[id(p)] for group in split for p in group]  # S-VRT numbers its groups one after the other
+    assert theirs and all(order[k] in ours for k in theirs)
+    for k, moments in theirs.items():
+        assert float(ours[order[k]]["step"]) == 2.0
         for key in ("exp_avg", "exp_avg_sq"):
-            assert torch.equal(ours[index][key], moments[key]), (index, key)
+            assert torch.equal(ours[order[k]][key], moments[key]), (k, key)
+    proc = run_train(data, out, sets=[*sets, *recipe], extra=["--resume", "auto", "--stop-at-step", "4"])
+    assert proc.returncode == 0, output_of(proc)
+    assert [(r["step"], r["phase"]) for r in read_train_log(out)] == [(3, 1), (4, 2)]  # S-VRT's iteration 3: phase 1
     torch.save({"state": {0: {"exp_avg": torch.zeros(1)}}, "param_groups": []}, models / "2_optimizerG.pth")
     with pytest.raises(CheckpointFormatError, match="2_optimizerG.pth is not a torch Adam state dict"):
         load_single_file(models / "2_G.pth")
