@@ -22,8 +22,8 @@ roles and sharding rules of ``bench memory`` (ZeRO 2 shards gradients, fp32 mast
 over the ranks; every rank keeps all the weights): bf16 weights and gradients (2 + 2 bytes a parameter), or fp32
 (4 + 4); fp32 master weights (4) and Adam moments (8) in both: ideal shares, without DeepSpeed's padding of the
 partitions (2-3% in ``bench memory``). The same again with S-VRT's LoRA recipe (``LORA_SETS``: rank 8 adapters, the
-backbone frozen as ``freeze_backbone`` freezes it): every rank keeps all the weights, but gradients, masters and
-Adam moments exist only for the fusion module and the adapters. Not included: activations, because a training step at the recipe's crop
+backbone frozen as ``freeze_backbone`` freezes it, phase 2's ``fix_keys`` trained): every rank keeps all the
+weights, but gradients, masters and Adam moments exist only for the fusion module, the adapters and the fix_keys. Not included: activations, because a training step at the recipe's crop
 (6 frames of 192 x 192 with 9-frame raw spike windows) cannot be measured on a CPU machine: the base preset, of the
 same width and depths, already needs 4.2 GB at 3 x 64 x 64 with activation checkpointing (``bench model``), and the
 crop has 18 times those pixels; nor DeepSpeed's gradient buckets and the transient fp32 gradient partition at the
@@ -64,6 +64,7 @@ MODELS = (*OPERATORS, *OTHER_SVRT, *OURS)
 ZERO_STAGE = 2
 # S-VRT's LoRA recipe: its use_lora defaults (rank 8, alpha 16, qkv and proj) with freeze_backbone.
 LORA_SETS = ["MODEL.LORA_RANK=8", "MODEL.LORA_ALPHA=16", "TRAIN.FREEZE_BACKBONE=true"]
+FULL_SETS = ["MODEL.LORA_RANK=0", "TRAIN.FREEZE_BACKBONE=false"]  # the same recipe trained whole
 # Bytes a parameter costs in each of bench memory's roles. bf16: DeepSpeed's ZeRO optimizer keeps bf16 weights and
 # gradients, fp32 master weights and two fp32 Adam moments (the ZeRO paper's 2 + 2 + 12). fp32: the engine keeps a
 # separate fp32 master partition all the same (bench memory measured it from ZeRO 1 on).
@@ -202,7 +203,7 @@ def per_rank_mib(params: int, precision: str, world: int, stage: int = ZERO_STAG
 
 def memory_per_rank(config: Path, world_sizes: Iterable[int]) -> dict:
     """Per rank, the recipe trained whole and with LoRA adapters on a frozen backbone (LORA_SETS)."""
-    model, lora = server_model(config), server_model(config, LORA_SETS)
+    model, lora = server_model(config, FULL_SETS), server_model(config, LORA_SETS)
     params, lora_params = _count([model]), _count([lora])
     trained = sum(p.numel() for p in lora.parameters() if p.requires_grad)
     return {"config": str(config), "zero_stage": ZERO_STAGE, "params": params,

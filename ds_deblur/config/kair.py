@@ -511,7 +511,8 @@ def _map_phase_value(m: _Mapping, source: str, target: str, phase1_target: str) 
         if len(value) != 2:
             raise m.error(source, f"= {_shown(value)} must be one value or [phase 1, phase 2]")
         first, second = value
-        if _on(m.get("train.fix_iter")) and first != second and m.wanted(phase1_target):
+        if _number(m, "train.fix_iter", m.get("train.fix_iter") or 0) > 1 and first != second and \
+                m.wanted(phase1_target):  # S-VRT's phase 1: its iterations 1 to fix_iter - 1
             m.put(phase1_target, first, source)
     m.put(target, second, source)
     return first, second
