@@ -66,6 +66,9 @@ class Phases:
     def training_forward(self, step: int) -> Iterator[None]:
         """The model set up for the training forward of the step after ``step``: fused frames only in phase 1,
         fused frames kept for the loss in phase 2; back to the whole network on exit."""
+        if not (self.fusion_first or self.aux):  # a model without fused frames is left alone
+            yield
+            return
         phase1 = self.fusion_first and self.phase(step) == 1
         self.module.fusion_only, self.module.keep_fused = phase1, self.aux and not phase1
         try:
@@ -77,13 +80,13 @@ class Phases:
     def loss(self, out: torch.Tensor, sharp: torch.Tensor, blurry: torch.Tensor,
              step: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """The loss of the training forward's ``out`` (inside ``training_forward(step)``)."""
-        if self.module.fusion_only:
+        if getattr(self.module, "fusion_only", False):
             total, parts = self.fusion.phase1(out, sharp, blurry, step + 1)
             if self.fusion.passthrough != (0.0, 0.0):
                 parts["weight_passthrough"] = torch.tensor(self.fusion.passthrough_weight(step + 1))
             return total, parts
         total, parts = self.main_loss(out.float(), sharp)
-        if self.module.keep_fused:
+        if getattr(self.module, "keep_fused", False):
             extra, more = self.fusion.phase2(self.module.last_fused, sharp)
             total, parts = total + extra, {**parts, **more}
         return total, parts
