@@ -18,10 +18,11 @@ from ds_deblur.ckpt.tags import committed_step, newest_complete, read_latest, st
 from ds_deblur.run_log import read_train_log
 from ds_deblur.testing.faults import KILL_IN_EXPORT_ENV, KILL_IN_SAVE_ENV, KILL_RECORD_ENV
 from reliability_settings import SEED, TRIALS
-from support.train_utils import REPO, ds_json, output_of, run_train, train_command
+from support.train_utils import ONE_VAL_FRAME, REPO, ds_json, output_of, run_train, train_command
 
 STEPS = 10
-SETS = [f"TRAIN.TOTAL_STEPS={STEPS}", "LOG.VAL_EVERY_STEPS=5", "LOG.SAVE_EVERY_STEPS=2", "LOG.KEEP_LAST=2"]
+SETS = [f"TRAIN.TOTAL_STEPS={STEPS}", "LOG.VAL_EVERY_STEPS=5", "LOG.SAVE_EVERY_STEPS=2", "LOG.KEEP_LAST=2",
+        *ONE_VAL_FRAME]  # validation (and its best tag) between saves, one frame a sequence
 # Kills per run before it may finish: spreads the trials over several runs. A run whose last step is already saved
 # is not killed again: its relaunches could only be killed in start-up, and such kills would pile up at its end.
 KILLS_PER_RUN = 4
