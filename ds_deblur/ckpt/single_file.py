@@ -37,6 +37,7 @@ from ds_deblur.ckpt.keys import model_keys
 from ds_deblur.ckpt.tags import SVRT_WEIGHTS
 from ds_deblur.errors import CheckpointFormatError, CheckpointNotFoundError
 from ds_deblur.zero.ema import ema_file, read_ema_file
+from ds_deblur.zero.staged import matches
 
 FORMAT = 1
 # S-VRT's own weights files (KAIR's save_network): {iter}_G.pth, {iter}_E.pth (EMA), {iter}_G_merged.pth (LoRA folded).
@@ -162,12 +163,13 @@ def svrt_in_module_order(optimizer: dict, names: list[str], fix_keys: list[str],
     groups = optimizer["param_groups"]
     if len(groups) == 1:
         return optimizer
-    fixed = [name for name in names if any(key in name for key in fix_keys)]
-    order = [name for name in names if name not in set(fixed)] + fixed
+    fixed = [name for name in names if matches(name, fix_keys)]
+    order = [name for name in names if not matches(name, fix_keys)] + fixed
     if len(groups) != 2 or len(groups[1]["params"]) != len(fixed):
-        raise CheckpointFormatError(f"{source} has {len(groups)} parameter groups of {[len(g['params']) for g in groups]}"
-                                    f" parameters; S-VRT's split by fix_keys {fix_keys} gives {len(fixed)} in the "
-                                    f"second: move it away to start the Adam moments afresh")
+        sizes = [len(g["params"]) for g in groups]
+        raise CheckpointFormatError(f"{source} has {len(groups)} parameter groups of {sizes} parameters; S-VRT's "
+                                    f"split by fix_keys {fix_keys} gives {len(fixed)} in the second: move it away to "
+                                    f"start the Adam moments afresh")
     position = {name: i for i, name in enumerate(names)}
     saved = [index for group in groups for index in group["params"]]
     state = {position[order[k]]: optimizer["state"][index] for k, index in enumerate(saved)

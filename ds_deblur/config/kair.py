@@ -305,7 +305,6 @@ def two_run_options(options: dict, origin: str) -> Optional[tuple[dict, dict]]:
         if not isinstance(total, int) or isinstance(total, bool) or total < 1:
             raise ConfigError(f"{origin}: {TWO_RUN}.{name}.total_iter must be an int >= 1 (S-VRT's two-run "
                               f"training needs both runs' lengths), got {total!r}")
-        override = dict(override)
         run = _merged(options, {"train": {k: v for k, v in override.items() if k != "path"},
                                 "path": override.get("path") or {}})
         set_path(run, f"{TWO_RUN}.enable", False)
@@ -511,8 +510,7 @@ def _map_phase_value(m: _Mapping, source: str, target: str, phase1_target: str) 
         if len(value) != 2:
             raise m.error(source, f"= {_shown(value)} must be one value or [phase 1, phase 2]")
         first, second = value
-        if _number(m, "train.fix_iter", m.get("train.fix_iter") or 0) > 1 and first != second and \
-                m.wanted(phase1_target):  # S-VRT's phase 1: its iterations 1 to fix_iter - 1
+        if _has_phase1(m) and first != second and m.wanted(phase1_target):
             m.put(phase1_target, first, source)
     m.put(target, second, source)
     return first, second
@@ -576,6 +574,11 @@ def _map_lora(m: _Mapping) -> None:
         m.put("MODEL.LORA_FREEZE_BASE", frozen, "train.freeze_backbone")
 
 
+def _has_phase1(m: _Mapping) -> bool:
+    """Whether S-VRT has a phase 1: its iterations 1 to fix_iter - 1 (it counts from 1)."""
+    return _number(m, "train.fix_iter", m.get("train.fix_iter") or 0) > 1
+
+
 def _map_phases(m: _Mapping) -> None:
     """fix_iter, and S-VRT's phase 1 (its iterations before fix_iter train the fusion module alone, on its fused
     frames) when netG fuses early (or hybrid), with its losses and warm-up. S-VRT counts iterations from 1 and
@@ -586,7 +589,7 @@ def _map_phases(m: _Mapping) -> None:
         m.put("TRAIN.FIX_ITER", max(int(_number(m, "train.fix_iter", fix_iter)) - 1, 0), "train.fix_iter")
     if not _early_fusion(m.get(NETWORK)):
         return  # the phase options stay unread: listed as ignored (S-VRT computes no fusion loss then)
-    fusion_first = _number(m, "train.fix_iter", fix_iter or 0) > 1
+    fusion_first = _has_phase1(m)
     if m.wanted("TRAIN.FUSION_FIRST"):
         m.put("TRAIN.FUSION_FIRST", fusion_first, "train.fix_iter")
     passthrough = m.get("train.fusion_passthrough_loss_weight", 0.0)
