@@ -62,13 +62,14 @@ def any_rank(flag: bool) -> bool:
     return bool(tensor.item() > 0)
 
 
-def mean_over_ranks(value: float) -> float:
-    """The mean of a float over ranks, computed in float64 so every rank gets the identical number."""
+def sum_over_ranks(values: torch.Tensor) -> torch.Tensor:
+    """``values`` summed over ranks in one all-reduce, left on the device for the caller to read when it needs to
+    (float64 values give every rank the identical sums)."""
     if not dist.is_initialized():
-        return value
-    tensor = torch.tensor([value], dtype=torch.float64, device=_collective_device())
-    dist.all_reduce(tensor)
-    return float(tensor.item() / dist.get_world_size())
+        return values
+    values = values.to(_collective_device())
+    dist.all_reduce(values)
+    return values
 
 
 def barrier() -> None:

@@ -34,6 +34,7 @@ from ds_deblur.models import build_model
 from ds_deblur.phases import Phases
 from ds_deblur.run_log import RunLogger, memory_mb
 from ds_deblur.testing.faults import Injections
+from ds_deblur.testing.host_syncs import SyncCounter
 from ds_deblur.zero.ema import ShardedEMA
 from ds_deblur.zero.setup import engine_config, initialize, loss_scale, min_loss_scale, precision_of, total_steps
 from ds_deblur.zero.staged import FIXED_GROUP, FixedPhase, freeze
@@ -86,22 +87,44 @@ class RunEnded(Exception):
 
 @dataclass
 class StepStats:
-    """What one optimizer step did, summed over its micro-batches and agreed on by every rank."""
+    """What one optimizer step did, summed over its micro-batches. The loss, its parts and a non-finite flag stay
+    on the device until the step's end, where :meth:`agree` makes them every rank's in one all-reduce and one read."""
     started: float = field(default_factory=time.perf_counter)
     micro: int = 0
     lr: float = 0.0
-    loss: float = 0.0
+    lr_fixed: Optional[float] = None  # the TRAIN.FIX_KEYS group's LR, when there is one
+    data_time: float = 0.0
+    sums: Optional[torch.Tensor] = None  # float64: loss, the parts, non-finite micro-batches
+    keys: list = field(default_factory=list)
+    loss: float = 0.0  # these, after agree(): means over ranks and micro-batches
     parts: dict = field(default_factory=dict)
     nonfinite: bool = False
-    data_time: float = 0.0
-    lr_fixed: Optional[float] = None  # the TRAIN.FIX_KEYS group's LR, when there is one
+    grad_norm: Optional[float] = None
 
-    def add(self, loss: float, parts: dict, accum: int, waited: float) -> None:
-        self.micro += 1
-        self.loss += distributed.mean_over_ranks(loss) / accum
-        for key, value in parts.items():
-            self.parts[key] = self.parts.get(key, 0.0) + distributed.mean_over_ranks(float(value)) / accum
-        self.data_time += waited
+    def add(self, loss: torch.Tensor, parts: dict, waited: float) -> None:
+        loss = loss.detach()
+        values = torch.stack([loss.double(), *(torch.as_tensor(v, device=loss.device).double() for v in parts.values()),
+                              (~torch.isfinite(loss)).double()])
+        self.sums = values if self.sums is None else self.sums + values
+        self.keys, self.micro, self.data_time = list(parts), self.micro + 1, self.data_time + waited
+
+    def agree(self, world: int, stop: bool, grad_norm: Any) -> bool:
+        """Average the sums over ranks and micro-batches and read them, with DeepSpeed's gradient norm (a tensor, a
+        float or None), on the host at once; returns whether any rank asked to stop."""
+        flag = torch.tensor([float(stop)], dtype=torch.float64, device=self.sums.device)
+        values = distributed.sum_over_ranks(torch.cat([self.sums, flag]))
+        norm_on_device = isinstance(grad_norm, torch.Tensor)
+        if norm_on_device:
+            values = torch.cat([values, grad_norm.detach().reshape(1).to(values)])
+        read = values.tolist()
+        grad_norm = read.pop() if norm_on_device else grad_norm
+        *sums, nonfinite, stop_votes = read
+        scale = world * self.micro
+        self.loss = sums[0] / scale
+        self.parts = {key: value / scale for key, value in zip(self.keys, sums[1:])}
+        self.nonfinite = nonfinite > 0
+        self.grad_norm = None if grad_norm is None else float(grad_norm)
+        return stop_votes > 0
 
 
 class Trainer:
@@ -143,6 +166,7 @@ class Trainer:
                              tensorboard=cfg.LOG.TENSORBOARD)
         self.watch = DivergenceWatch(self.precision, cfg.TRAIN.MIN_LOSS_SCALE_PATIENCE, cfg.TRAIN.NONFINITE_PATIENCE)
         self.faults = Injections.from_env(self.rank)
+        self.syncs = SyncCounter.from_env(self.rank)
         self.stop_requested = False
         self.last_val: Optional[dict] = None
         self.stats = StepStats()
@@ -180,6 +204,8 @@ class Trainer:
                 for batch, waited in _timed(loader):
                     if self._micro_step(batch, waited):
                         self._end_step()
+                        if self.syncs is not None:
+                            self.syncs.step_done(self.state.step)
                         self.stats = StepStats()  # timed from here: the next step's time excludes this one's save
                         if self.phases.loader(self.state.step) is not loader:
                             break  # the next phase's sizes, from the same sampler position
@@ -215,12 +241,11 @@ class Trainer:
         flow = batch.get("flow_spike") if self.phases.needs_flow(self.state.step) else None  # SCFlow's input
         flow = None if flow is None else flow.to(device, dtype, non_blocking=True)
         loss, parts = self.faults.around(self.state.step + 1, self._forward_loss)(blur, spike, sharp, flow)
-        # Agree on a bad micro-batch before backward: its non-finite gradients then make DeepSpeed discard the
-        # whole step on every rank (its overflow check reduces over ranks); we count and log it.
-        self.stats.nonfinite |= distributed.any_rank(not bool(torch.isfinite(loss.detach())))
+        # A non-finite loss gives non-finite gradients, and DeepSpeed's overflow check (reduced over ranks) then
+        # skips the step on every rank; the loss stays on the device until the step's end, where we count it.
         self.engine.backward(loss)
         self.engine.step()
-        self.stats.add(float(loss.detach()), parts, self.cfg.TRAIN.GRADIENT_ACCUMULATION_STEPS, waited)
+        self.stats.add(loss, parts, waited)
         return boundary
 
     def _forward_loss(self, blur: torch.Tensor, spike: torch.Tensor, sharp: torch.Tensor,
@@ -233,6 +258,7 @@ class Trainer:
         self.state.step += 1
         stats = self.stats
         applied = self.engine.was_step_applied()
+        stop = stats.agree(self.world, self.stop_requested, self.engine.get_global_grad_norm() if applied else None)
         if stats.nonfinite and applied:
             raise RuntimeError(
                 f"step {self.state.step}: a non-finite loss was seen but DeepSpeed applied the step. This DeepSpeed "
@@ -241,7 +267,7 @@ class Trainer:
         diverged = self.watch.update(applied, loss_scale(self.engine), min_loss_scale(self.engine))
         if self.ema is not None:
             self.ema.after_step()  # averages applied steps only
-        self._log_step(stats, applied)
+        self._log_step(stats)
         step, last = self.state.step, self.state.step >= self.total_steps
         for group in self.fixed.after_step(step):
             say(f"[train] Step {step}: the {group.why} parameters train from here, at LR x {group.lr_mul}, from a "
@@ -251,7 +277,6 @@ class Trainer:
         if diverged:
             self.ckpt.save(self.state)
             raise RunEnded(EXIT_DIVERGED, self._diverged_message(diverged))
-        stop = distributed.any_rank(self.stop_requested)
         cut = self.args.stop_at_step is not None and step >= self.args.stop_at_step
         if self.ckpt.due(step) or last or stop or cut:
             self.ckpt.save(self.state)
@@ -260,11 +285,9 @@ class Trainer:
         if last or cut:
             raise RunEnded(0)
 
-    def _log_step(self, stats: StepStats, applied: bool) -> None:
+    def _log_step(self, stats: StepStats) -> None:
         step_time = time.perf_counter() - stats.started
-        scale = loss_scale(self.engine)
-        grad_norm = self.engine.get_global_grad_norm()
-        grad_norm = float(grad_norm) if grad_norm is not None and applied else None
+        scale, grad_norm = loss_scale(self.engine), stats.grad_norm
         record = {"step": self.state.step, "epoch": self.state.epoch, "loss": stats.loss, "lr": stats.lr,
                   "loss_scale": scale, "grad_norm": grad_norm, "skipped": int(self.engine.skipped_steps)}
         phase = self.phases.phase(self.state.step - 1)

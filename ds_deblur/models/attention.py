@@ -24,6 +24,8 @@ Size3 = tuple[int, int, int]
 MASK_VALUE = -100.0  # the official additive mask value (not -inf); kept so masked logits match exactly
 # CUDA's fused SDPA kernels put the batch on a grid axis capped at 65535 blocks; full HD frames have more windows.
 MAX_SDPA_BATCH = 32768
+# Logits elements per chunk of explicit attention: 16 MiB in fp32, under glibc's largest mmap threshold (32 MiB).
+EXPLICIT_CHUNK_ELEMENTS = 1 << 22
 
 
 def window_partition(x: Tensor, window_size: Sequence[int]) -> Tensor:
@@ -135,24 +137,74 @@ def shifted_window_masks(padded_size: Size3, window_size: Size3, shift_size: Siz
 def window_sdpa(q: Tensor, k: Tensor, v: Tensor, bias: Tensor | None,
                 masks: Sequence[tuple[Tensor, Tensor]] = (), num_windows: int = 1,
                 rows_per_window: int = 1, scale: float | None = None) -> Tensor:
-    """SDPA over windows: q, k, v (R, heads, L, head_dim) with R = B * num_windows * rows_per_window (window-major).
+    """Attention over windows: q, k, v (R, heads, L, head_dim) with R = B * num_windows * rows_per_window
+    (window-major).
 
     ``bias`` (1, heads, L, L) applies to every window; each ``masks`` entry (window indices, (L, L) mask) adds a
-    mask to those windows (of every batch item), which are recomputed with it.
+    mask to those windows (of every batch item). Explicit products add it in place to those windows' logits; SDPA
+    recomputes those windows with it.
     """
+    batch = q.shape[0] // (num_windows * rows_per_window)
+    masks = [(_window_rows(windows, batch, num_windows, rows_per_window), mask) for windows, mask in masks]
+    if explicit_attention(q, k, v):
+        return _explicit(q, k, v, bias, masks, scale)
     out = _sdpa(q, k, v, bias, scale)
     if not masks:
         return out
-    batch = q.shape[0] // (num_windows * rows_per_window)
-    offsets = torch.arange(batch, device=q.device).view(-1, 1) * num_windows
-    sub = torch.arange(rows_per_window, device=q.device)
-    all_rows, outs = [], []
-    for windows, mask in masks:
-        rows = ((offsets + windows.view(1, -1)).view(-1, 1) * rows_per_window + sub).flatten()
-        mask = mask.to(q.dtype) if bias is None else bias + mask.to(bias.dtype)
-        outs.append(_sdpa(q[rows], k[rows], v[rows], mask, scale))
-        all_rows.append(rows)
-    return out.index_copy(0, torch.cat(all_rows), torch.cat(outs))
+    outs = [_sdpa(q[rows], k[rows], v[rows], mask.to(q.dtype) if bias is None else bias + mask.to(bias.dtype), scale)
+            for rows, mask in masks]
+    return out.index_copy(0, torch.cat([rows for rows, _ in masks]), torch.cat(outs))
+
+
+def attend(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None = None, scale: float | None = None) -> Tensor:
+    """softmax(q k^T scale + mask) v for (R, heads, L, head_dim) inputs, ``mask`` broadcasting over them."""
+    if explicit_attention(q, k, v):
+        return _explicit(q, k, v, mask, (), scale)
+    return _sdpa(q, k, v, mask, scale)
+
+
+def explicit_attention(*tensors: Tensor) -> bool:
+    """Whether attention over these tensors runs as explicit products rather than SDPA: on CPU while training.
+
+    CPU SDPA takes its math path whenever an additive mask needs a gradient (VRT's position bias), and that path's
+    "safe" softmax scans every logit row for -inf (``isneginf``, ``all``, ``where``) that our masks never hold; its
+    flash kernel is slower than two matmuls on windows this small. Under no_grad SDPA's flash kernel keeps memory
+    at one window block; on GPU its fused kernels win."""
+    return (tensors[0].device.type == "cpu" and torch.is_grad_enabled()
+            and any(t.requires_grad for t in tensors))
+
+
+def _window_rows(windows: Tensor, batch: int, num_windows: int, rows_per_window: int) -> Tensor:
+    """Rows of the (R, ...) window batch that hold ``windows`` (window-partition indices) of every batch item."""
+    offsets = torch.arange(batch, device=windows.device).view(-1, 1) * num_windows
+    sub = torch.arange(rows_per_window, device=windows.device)
+    return ((offsets + windows.view(1, -1)).view(-1, 1) * rows_per_window + sub).flatten()
+
+
+def _explicit(q: Tensor, k: Tensor, v: Tensor, bias: Tensor | None, masks: Sequence[tuple[Tensor, Tensor]],
+              scale: float | None) -> Tensor:
+    """Explicit products in row chunks whose logits stay under EXPLICIT_CHUNK_ELEMENTS: glibc hands larger blocks to
+    mmap and back to the OS on free, so each would be zeroed page by page again on every use (measured: one
+    vrt_gopro self-attention forward + backward 0.75 s whole, 0.44 s in 14 MiB chunks)."""
+    rows_per_chunk = max(1, EXPLICIT_CHUNK_ELEMENTS // (q.shape[1] * q.shape[2] * k.shape[2]))
+    if q.shape[0] <= rows_per_chunk:
+        return _explicit_rows(q, k, v, bias, masks, scale)
+    outs = []
+    for start in range(0, q.shape[0], rows_per_chunk):
+        end = start + rows_per_chunk
+        local = [(rows[(rows >= start) & (rows < end)] - start, mask) for rows, mask in masks]
+        outs.append(_explicit_rows(q[start:end], k[start:end], v[start:end], bias, local, scale))
+    return torch.cat(outs)
+
+
+def _explicit_rows(q: Tensor, k: Tensor, v: Tensor, bias: Tensor | None, masks: Sequence[tuple[Tensor, Tensor]],
+                   scale: float | None) -> Tensor:
+    logits = (q * (q.shape[-1] ** -0.5 if scale is None else scale)) @ k.transpose(-2, -1)
+    if bias is not None:
+        logits.add_(bias)  # in place: the product's backward does not need its output
+    for rows, mask in masks:
+        logits.index_add_(0, rows, mask.to(logits.dtype).expand(len(rows), *logits.shape[1:]))
+    return logits.softmax(-1) @ v
 
 
 def _sdpa(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, scale: float | None) -> Tensor:

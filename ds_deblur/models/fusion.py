@@ -1,7 +1,7 @@
 """Per-pixel temporal attention: the blocks of the spike self attention and of the RGB/spike fusion.
 
 Features are 5-D ``(B, C, T, H, W)`` as inside the VRT backbone. Every pixel is an independent sequence of ``T``
-tokens of width ``C``; all pixels go through ``scaled_dot_product_attention`` as one batch, cut into chunks of at
+tokens of width ``C``; all pixels go through one attention call (``attention.attend``) as one batch, cut into chunks of at
 most ``chunk_pixels`` pixels so the transient memory of a block stays bounded at full resolution. Parameter names
 are the original S-VRT model's, so its checkpoints load with ``strict=True`` and ours load into its model.
 """
@@ -13,6 +13,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ds_deblur.models.attention import attend
+
 # CUDA's memory-efficient and flash SDPA kernels put the batch on a grid axis capped at 2**16 - 1 blocks
 # (pytorch/pytorch#146704), so no chunk may hold more pixels than that whatever the config says.
 _SDPA_MAX_BATCH = 65535
@@ -22,7 +24,7 @@ class TemporalMHA(nn.Module):
     """Multi-head attention along T for token batches ``(N, T, C)``.
 
     Weights keep ``nn.MultiheadAttention``'s layout (packed ``in_proj_weight``/``in_proj_bias``, ``out_proj``),
-    the layout of the original project's checkpoints; the product itself runs in SDPA.
+    the layout of the original project's checkpoints; the product itself runs in ``attention.attend``.
     """
 
     def __init__(self, dim: int, heads: int) -> None:
@@ -47,7 +49,7 @@ class TemporalMHA(nn.Module):
             k, v = F.linear(context, self.in_proj_weight[dim:], self.in_proj_bias[dim:]).chunk(2, dim=-1)
         n, t = query.shape[:2]
         q, k, v = (x.reshape(n, -1, self.heads, dim // self.heads).transpose(1, 2) for x in (q, k, v))
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=None if bias is None else bias.to(q.dtype))
+        out = attend(q, k, v, None if bias is None else bias.to(q.dtype))
         return self.out_proj(out.transpose(1, 2).reshape(n, t, dim))
 
 

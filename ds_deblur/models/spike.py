@@ -6,23 +6,43 @@ The encoder treats a frame's spike input (voxel bins, TFP images or raw frames) 
 """
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Optional, Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from ds_deblur.models.fusion import TemporalSelfAttnBlock
 
 
 class _Conv3d(nn.Conv3d):
-    """Conv3d that computes in fp32 when given bf16/fp16 on CPU: PyTorch's CPU bf16 Conv3d kernel returns
-    non-finite weight gradients for some shapes (seen on torch 2.13). GPUs use the native kernel."""
+    """Conv3d that, on CPU, runs as one 2-D conv over the frames (the temporal taps stacked as output channels) and
+    a shifted sum over the taps. PyTorch sends a batch-1 Conv3d to its native kernel, which here is 3-7x slower in
+    forward + backward than the 2-D (oneDNN) conv of the same arithmetic; and its bf16 Conv3d kernel returns
+    non-finite weight gradients for some shapes (torch 2.13), so bf16/fp16 compute in fp32. GPUs use cuDNN."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.device.type != "cpu" or x.dtype == torch.float32:
+        if x.device.type != "cpu" or self.stride[0] != 1 or self.dilation != (1, 1, 1) or self.groups != 1:
             return super().forward(x)
         bias = None if self.bias is None else self.bias.float()
-        return self._conv_forward(x.float(), self.weight.float(), bias).to(x.dtype)
+        return frames_conv3d(x.float(), self.weight.float(), bias, self.stride[1:], self.padding).to(x.dtype)
+
+
+def frames_conv3d(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], spatial_stride: Sequence[int],
+                  padding: Sequence[int]) -> torch.Tensor:
+    """``F.conv3d`` with time stride 1, no dilation, one group, as 2-D convs: (B, C, T, H, W) -> (B, C', T', H', W')."""
+    b, c, t, h, w = x.shape
+    c_out, _, kt, kh, kw = weight.shape
+    pt = padding[0]
+    frames = x.transpose(1, 2).reshape(b * t, c, h, w)
+    taps = F.conv2d(frames, weight.permute(2, 0, 1, 3, 4).reshape(kt * c_out, c, kh, kw), None, tuple(spatial_stride),
+                    tuple(padding[1:]))
+    taps = F.pad(taps.view(b, t, kt, c_out, *taps.shape[-2:]), (0, 0) * 4 + (pt, pt))  # zero frames around time
+    t_out = t + 2 * pt - kt + 1
+    out = sum(taps[:, i:i + t_out, i] for i in range(kt))  # output frame j takes tap i from input frame j + i - pt
+    if bias is not None:
+        out = out + bias.view(1, 1, c_out, 1, 1)
+    return out.transpose(1, 2)
 
 
 def _conv3(c_in: int, c_out: int, spatial_stride: int = 1) -> nn.Conv3d:

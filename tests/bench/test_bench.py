@@ -169,3 +169,28 @@ def test_ablation_table_sets_each_run_beside_the_blurry_input():
     text = ablation_bench.table(results)
     assert "+1.00" in text and "+3.00" in text and "10 steps, 1.25 s/step" in text
     assert text.endswith("spike branch: +2.00 dB over RGB only")
+
+
+@pytest.mark.slow
+def test_model_bench_against_a_reference_file(tmp_path):
+    # A stand-in for the official network_vrt.py (never committed): our VRT, reached through the module's
+    # torchvision import as the official file imports it.
+    reference = tmp_path / "network_vrt.py"
+    reference.write_text("import torchvision\nassert torchvision.ops.deform_conv2d\n"
+                         "from ds_deblur.models.vrt import VRT\n")
+    out = tmp_path / "model.json"
+    proc = bench("model", "--reference", str(reference), "--reference-shape", "2", "64", "64",
+                 "--reference-threads", "2", "--rounds", "1", "--out", str(out))
+    assert proc.returncode == 0, proc.stderr
+    results = json.loads(out.read_text())
+    assert results["max_abs_difference"] == 0.0  # same code, same weights
+    (row,) = results["rows"]
+    assert row["threads"] == 2 and [len(v) for v in row["times_s"].values()] == [1, 1]
+    assert row["official_over_ours"] == round(row["official_s"] / row["ours_s"], 3)
+    assert "official / ours" in proc.stdout
+    (tmp_path / "other.py").write_text("x = 1\n")
+    (tmp_path / "broken.py").write_text("import no_such_module\n")
+    for name, message in (("none.py", "no such file"), ("other.py", "no VRT class"), ("broken.py", "no_such_module")):
+        bad = tmp_path / name
+        proc = bench("model", "--reference", str(bad))
+        assert proc.returncode == 1 and str(bad) in proc.stderr and message in proc.stderr

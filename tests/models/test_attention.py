@@ -68,17 +68,24 @@ def test_shift_masks_equal_the_region_definition(size, ws, ss):
     assert sum(len(idx) for idx, _ in masks.groups) == int((full != 0).flatten(1).any(1).sum())
 
 
-def test_window_sdpa_equals_explicit_softmax_with_bias_and_mask():
+@pytest.mark.parametrize("training", [False, True], ids=["sdpa", "explicit"])
+def test_window_sdpa_equals_explicit_softmax_with_bias_and_mask(training):
     torch.manual_seed(0)
     size, ws, ss = (4, 16, 16), (2, 8, 8), (1, 4, 4)
     masks = shifted_window_masks(size, ws, ss, torch.device("cpu"))
     batch, heads, n, hd = 2, 3, math.prod(ws), 5
-    q, k, v = (torch.randn(batch * masks.num_windows, heads, n, hd, dtype=torch.float64) for _ in range(3))
-    bias = torch.randn(1, heads, n, n, dtype=torch.float64)
+    q, k, v = (torch.randn(batch * masks.num_windows, heads, n, hd, dtype=torch.float64, requires_grad=training)
+               for _ in range(3))
+    bias = torch.randn(1, heads, n, n, dtype=torch.float64, requires_grad=training)
+    assert attention.explicit_attention(q, k, v) == training  # on CPU: explicit products while training
     out = window_sdpa(q, k, v, bias, masks.groups, masks.num_windows)
     full = _full_masks(size, ws, ss).repeat(batch, 1, 1)[:, None]
     ref = _explicit_attention(q, k, v, bias + full, hd ** -0.5)
     torch.testing.assert_close(out, ref)
+    if training:
+        grad = torch.randn_like(out)
+        torch.testing.assert_close(torch.autograd.grad(out, (q, k, v, bias), grad),
+                                   torch.autograd.grad(ref, (q, k, v, bias), grad))
     # A custom scale is passed through as VRT's qk_scale.
     out = window_sdpa(q, k, v, bias, masks.groups, masks.num_windows, scale=0.3)
     torch.testing.assert_close(out, _explicit_attention(q, k, v, bias + full, 0.3))
@@ -92,6 +99,20 @@ def test_window_sdpa_chunks_huge_batches(monkeypatch):
     whole = window_sdpa(q, k, v, bias, masks.groups, masks.num_windows)
     monkeypatch.setattr(attention, "MAX_SDPA_BATCH", 5)  # 12 windows -> launches of 5, 5, 2
     torch.testing.assert_close(window_sdpa(q, k, v, bias, masks.groups, masks.num_windows), whole)
+
+
+def test_explicit_attention_in_row_chunks_equals_one_piece(monkeypatch):
+    torch.manual_seed(5)
+    masks = shifted_window_masks((2, 8, 8), (2, 4, 4), (1, 2, 2), torch.device("cpu"))
+    q, k, v = (torch.randn(3 * masks.num_windows, 2, 32, 4, dtype=torch.float64, requires_grad=True)
+               for _ in range(3))
+    bias = torch.randn(1, 2, 32, 32, dtype=torch.float64, requires_grad=True)
+    whole = window_sdpa(q, k, v, bias, masks.groups, masks.num_windows)
+    grads = torch.autograd.grad(whole.sum(), (q, k, v, bias))
+    monkeypatch.setattr(attention, "EXPLICIT_CHUNK_ELEMENTS", 5 * 2 * 32 * 32)  # 12 windows -> 5, 5, 2 rows
+    chunked = window_sdpa(q, k, v, bias, masks.groups, masks.num_windows)
+    torch.testing.assert_close(chunked, whole)
+    torch.testing.assert_close(torch.autograd.grad(chunked.sum(), (q, k, v, bias)), grads)
 
 
 def _reference_window_attention(attn: WindowAttention, x, full_mask):

@@ -1,7 +1,8 @@
 import pytest
 import torch
+import torch.nn.functional as F
 
-from ds_deblur.models.spike import SpikeEncoder3D, SpikeTemporalSA
+from ds_deblur.models.spike import SpikeEncoder3D, SpikeTemporalSA, frames_conv3d
 
 
 def _n_params(module: torch.nn.Module) -> int:
@@ -15,6 +16,31 @@ def test_encoder_scales_match_vrt_stages_and_keep_time():
     assert [tuple(f.shape) for f in feats] == [
         (2, 8, 3, 16, 24), (2, 12, 3, 8, 12), (2, 16, 3, 4, 6), (2, 20, 3, 2, 3)]
     assert all(torch.isfinite(f).all() for f in feats)
+
+
+@pytest.mark.parametrize("kernel, padding, stride", [(3, 1, 1), (3, 1, 2), ((3, 1, 1), (1, 0, 0), 1),
+                                                     ((1, 3, 3), (0, 1, 1), 2), (3, 0, 1)])
+def test_frame_convolutions_equal_conv3d_with_gradients(kernel, padding, stride):
+    torch.manual_seed(0)
+    kernel = (kernel,) * 3 if isinstance(kernel, int) else kernel
+    padding = (padding,) * 3 if isinstance(padding, int) else padding
+    x, weight, bias = (torch.randn(*shape, dtype=torch.float64, requires_grad=True)
+                       for shape in ((2, 5, 4, 9, 11), (7, 5, *kernel), (7,)))
+    ref = F.conv3d(x, weight, bias, (1, stride, stride), padding)
+    out = frames_conv3d(x, weight, bias, (stride, stride), padding)
+    torch.testing.assert_close(out, ref)
+    grad = torch.randn_like(ref)
+    torch.testing.assert_close(torch.autograd.grad(out, (x, weight, bias), grad),
+                               torch.autograd.grad(ref, (x, weight, bias), grad))
+
+
+def test_encoder_convolutions_on_cpu_equal_the_native_conv3d():
+    torch.manual_seed(0)
+    enc = SpikeEncoder3D(in_bins=6, channels_per_scale=[8, 12, 16, 20], num_res_blocks=1)
+    x = torch.randn(1, 6, 3, 16, 24)
+    for conv in (enc.in_proj, enc.downs[0]):
+        torch.testing.assert_close(conv(x), torch.nn.Conv3d.forward(conv, x), atol=1e-5, rtol=1e-5)
+        x = torch.relu(conv(x))
 
 
 def test_encoder_rejects_wrong_bin_count():

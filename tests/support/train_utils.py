@@ -21,7 +21,8 @@ SYNTH = SynthConfig.first_generator(seed=5, train_seqs=2, val_seqs=2, frames=5, 
 BASE_SETS = ["MODEL.PRESET=tiny", "DATA.K=4", "DATA.CLIP_LEN=2", "DATA.CROP_SIZE=64", "DATA.NORM.MEAN=0.2",
              "DATA.NORM.STD=0.4", "DATALOADER.NUM_WORKERS=0", "TRAIN.OPTIM.LR=2e-3", "TRAIN.SCHED.WARMUP_STEPS=1",
              "TRAIN.TOTAL_STEPS=4", "LOG.VAL_EVERY_STEPS=2", "LOG.SAVE_EVERY_STEPS=2", "LOG.LOG_EVERY_STEPS=1",
-             "SEED=3", "MODEL.IDENTITY_INIT=false"]  # from VRT's own init the loss visibly falls within steps
+             "SEED=3", "MODEL.IDENTITY_INIT=false",  # from VRT's own init the loss visibly falls within steps
+             "TRAIN.FREEZE=[]"]  # every parameter trains (the demo's recipe freezes SpyNet)
 # Validation of one frame per sequence, for fp16 runs (fp16 convolutions are slow on CPU) whose checks need
 # validation to happen, on every rank, but not its figures.
 ONE_VAL_FRAME = ["DATA.VAL_MAX_FRAMES=1"]
