@@ -1,8 +1,8 @@
 """Per-pixel temporal attention: the blocks of the spike self attention and of the RGB/spike fusion.
 
 Features are 5-D ``(B, C, T, H, W)`` as inside the VRT backbone. Every pixel is an independent sequence of ``T``
-tokens of width ``C``; all pixels go through one attention call (``attention.attend``) as one batch, cut into chunks of at
-most ``chunk_pixels`` pixels so the transient memory of a block stays bounded at full resolution. Parameter names
+tokens of width ``C``; all pixels go through one attention call (``attention.attend``) as one batch, cut into
+chunks of at most ``chunk_pixels`` pixels so the transient memory of a block stays bounded at full resolution. Parameter names
 are the original S-VRT model's, so its checkpoints load with ``strict=True`` and ours load into its model.
 """
 from __future__ import annotations
