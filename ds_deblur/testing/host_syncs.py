@@ -22,7 +22,6 @@ import torch
 import torch.distributed as dist
 
 ENV = "DS_DEBLUR_COUNT_SYNCS"
-_DATALOADER = str(Path(torch.utils.data.__file__).resolve().parent)
 COLLECTIVES = ("all_reduce", "all_gather", "all_gather_into_tensor", "reduce_scatter", "reduce_scatter_tensor",
                "broadcast", "reduce", "barrier", "all_to_all_single", "gather", "scatter")
 READS = ("item", "tolist", "__float__", "__int__", "__bool__", "cpu", "numpy")
@@ -67,8 +66,6 @@ def _caller() -> str:
     reads a CPU random number for its workers' seeds whenever an epoch's iterator starts)."""
     frame = sys._getframe(2)
     while frame is not None and _package_of(frame.f_code.co_filename) in ("torch", "this"):
-        if frame.f_code.co_filename.startswith(_DATALOADER):
-            return "dataloader"
         frame = frame.f_back
     return "other" if frame is None else _package_of(frame.f_code.co_filename)
 
@@ -79,7 +76,9 @@ def _package_of(filename: str) -> str:
     if filename == __file__:
         return "this"
     where = str(Path(filename).resolve())
-    for name, module in (("torch", torch), ("deepspeed", deepspeed), ("ds_deblur", sys.modules["ds_deblur"])):
+    folders = (("dataloader", torch.utils.data), ("torch", torch), ("deepspeed", deepspeed),
+               ("ds_deblur", sys.modules["ds_deblur"]))
+    for name, module in folders:  # torch.utils.data before torch: it lies inside
         if where.startswith(str(Path(module.__file__).resolve().parent) + os.sep):
             return name
     return "other"
