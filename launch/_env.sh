@@ -16,3 +16,11 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
     echo "$want" > "$stamp"
 fi
 export PATH="$PWD/.venv/bin:$PATH"
+
+# The demos' synthetic spike-camera data set in folder $1, generated the first time.
+synth_data() {
+    if [ ! -f "$1/meta.yaml" ]; then
+        echo "[setup] generating synthetic spike-camera data in $1"
+        ds-deblur synth --out "$1"
+    fi
+}

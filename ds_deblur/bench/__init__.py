@@ -8,6 +8,7 @@ model       forward and forward+backward time and peak memory of the presets, ac
 infer       time per frame and peak memory of ds-deblur inference.cli on 1280x720 frames, tiny and base, tiled
 ablation    the demo trained with and without the spike branch: PSNR/SSIM of blurry input, RGB only, RGB + spike
 svrt        S-VRT's fusion operators at the demo size: parameters, fwd+bwd time; a server recipe's ZeRO 2 bytes per rank
+precision   CPU training step in fp32, DeepSpeed's bf16 engine and bf16 autocast per preset (the CPU defaults)
 
 Each prints a table and writes JSON holding the machine, versions, settings and every raw timing.
 """

@@ -16,7 +16,8 @@ from ds_deblur.bench.common import host
 
 # benchmark name -> its module in this package
 MODULES = {"engine": "training", "memory": "memory", "checkpoint": "checkpoint", "data": "data", "model": "model",
-           "infer": "infer", "ablation": "ablation", "svrt": "svrt"}
+           "infer": "infer", "ablation": "ablation", "svrt": "svrt",
+           "precision": "precision"}
 
 
 def build_parser() -> argparse.ArgumentParser:

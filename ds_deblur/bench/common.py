@@ -14,8 +14,11 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 import torch
+import yaml
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+from ds_deblur.config import RECORD_KEY, Config, load_config
+from ds_deblur.data.synth import SynthConfig, generate
 from ds_deblur.distributed import free_port
 
 REPO = Path(__file__).resolve().parents[2]
@@ -127,6 +130,43 @@ def tb_scalars(tb_dir: Path, tag: str) -> dict[int, float]:
     events = EventAccumulator(str(tb_dir), size_guidance={"scalars": 0})
     events.Reload()
     return {event.step: event.value for event in events.Scalars(tag)}
+
+
+def synthetic_trainer_sets(config: str, sets: Sequence[str], workers: int, work: Path) -> tuple[Config, list[str]]:
+    """The config of timed trainer runs and their overrides: ``sets``, ``workers`` loader workers per rank (the
+    original's TOTAL_WORKERS dropped) and a small synthetic set made in ``work`` for the config's clip length, crop
+    and spike bins (it has no voxel cache)."""
+    sets = [*sets, f"DATALOADER.NUM_WORKERS={workers}", "DATALOADER.TOTAL_WORKERS=null",
+            "DATA.USE_PRECOMPUTED_VOXELS=false"]
+    cfg = load_config(config, sets)
+    data = work / "data"
+    generate(data, SynthConfig(seed=0, train_seqs=2, val_seqs=1, frames=max(8, cfg.DATA.CLIP_LEN + 2),
+                               size=cfg.DATA.crop_hw, subframes=max(cfg.DATA.K, 8)))
+    return cfg, [*sets, f"DATA.ROOT={data}"]
+
+
+def trainer_step_times(config: str, ds: dict, sets: Sequence[str], out: Path, ranks: int, warmup: int,
+                       steps: int) -> dict:
+    """Run the trainer (``deepspeed`` launcher, ``ranks`` ranks) for ``warmup + steps`` optimizer steps with the
+    DeepSpeed config ``ds``, no validation or export on the way; its ``perf/step_time_ms`` and
+    ``perf/data_time_ms`` of the timed steps, in seconds, its ``train/loss`` of every step, and the precision its
+    engine ran in (fp32, bf16, autocast or fp16, from the run's config.yaml)."""
+    from ds_deblur.zero.setup import cpu_precision_of, precision_of  # here: `bench --help` skips DeepSpeed's import
+    out.mkdir(parents=True)
+    (out / "ds.json").write_text(json.dumps(ds, indent=1))
+    total = warmup + steps
+    script = ["--config", config, "--deepspeed_config", str(out / "ds.json")]
+    for item in [*sets, f"LOG.SAVE_DIR={out / 'run'}", f"TRAIN.TOTAL_STEPS={total}", f"LOG.VAL_EVERY_STEPS={total}",
+                 f"LOG.SAVE_EVERY_STEPS={total}", "LOG.LOG_EVERY_STEPS=1", "LOG.EXPORT_SINGLE_FILE=false"]:
+        script += ["--set", item]
+    run_checked(deepspeed_launcher(ranks, REPO / "ds_deblur/train.py", script), out / "log.txt")
+    tb = out / "run/tb"
+    times, waits, losses = (tb_scalars(tb, tag) for tag in ("perf/step_time_ms", "perf/data_time_ms", "train/loss"))
+    timed = [s for s in sorted(times) if s > warmup]
+    record = yaml.safe_load((out / "run/config.yaml").read_text())[RECORD_KEY]
+    return {"step_time_s": [times[s] / 1e3 for s in timed], "data_time_s": [waits[s] / 1e3 for s in timed],
+            "loss": [losses[s] for s in sorted(losses)],
+            "engine_precision": cpu_precision_of(record) or precision_of(record)}
 
 
 def dir_bytes(path: Path) -> int:

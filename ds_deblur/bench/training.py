@@ -17,10 +17,8 @@ from pathlib import Path
 
 import torch
 
-from ds_deblur.bench.common import (REPO, add_trainer_arguments, deepspeed_launcher, ds_json_for_stage, format_table,
-                                    positive_int, run_checked, summary, tb_scalars, torchrun)
-from ds_deblur.config import load_config
-from ds_deblur.data.synth import SynthConfig, generate
+from ds_deblur.bench.common import (add_trainer_arguments, ds_json_for_stage, format_table, positive_int, run_checked,
+                                    summary, synthetic_trainer_sets, torchrun, trainer_step_times)
 
 STAGES = (0, 1, 2, 3)
 DDP = "ddp"
@@ -38,14 +36,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace, work: Path) -> dict:
     cuda = torch.cuda.is_available()
-    # The synthetic data has no voxel cache, and --workers is per rank (the original's TOTAL_WORKERS is dropped).
-    sets = [*args.set, f"DATALOADER.NUM_WORKERS={args.workers}", "DATALOADER.TOTAL_WORKERS=null",
-            "DATA.USE_PRECOMPUTED_VOXELS=false"]
-    cfg = load_config(args.config, sets)
-    data = work / "data"
-    generate(data, SynthConfig(seed=0, train_seqs=2, val_seqs=1, frames=max(8, cfg.DATA.CLIP_LEN + 2),
-                               size=cfg.DATA.crop_hw, subframes=max(cfg.DATA.K, 8)))
-    sets.append(f"DATA.ROOT={data}")
+    cfg, sets = synthetic_trainer_sets(args.config, args.set, args.workers, work)
     variants = [DDP] + [f"zero{s}" for s in args.stages]
     runs = []
     for round_ in range(args.rounds):
@@ -66,18 +57,7 @@ def run(args: argparse.Namespace, work: Path) -> dict:
 
 def _run_trainer(args: argparse.Namespace, sets: list[str], out: Path, stage: int) -> dict:
     ds, _ = ds_json_for_stage(stage)
-    out.mkdir(parents=True)
-    (out / "ds.json").write_text(json.dumps(ds, indent=1))
-    total = args.warmup + args.steps
-    script = ["--config", args.config, "--deepspeed_config", str(out / "ds.json")]
-    for item in [*sets, f"LOG.SAVE_DIR={out / 'run'}", f"TRAIN.TOTAL_STEPS={total}", f"LOG.VAL_EVERY_STEPS={total}",
-                 f"LOG.SAVE_EVERY_STEPS={total}", "LOG.LOG_EVERY_STEPS=1", "LOG.EXPORT_SINGLE_FILE=false"]:
-        script += ["--set", item]
-    run_checked(deepspeed_launcher(args.ranks, REPO / "ds_deblur/train.py", script), out / "log.txt")
-    steps = tb_scalars(out / "run/tb", "perf/step_time_ms")
-    waits = tb_scalars(out / "run/tb", "perf/data_time_ms")
-    timed = [s for s in sorted(steps) if s > args.warmup]
-    return {"step_time_s": [steps[s] / 1e3 for s in timed], "data_time_s": [waits[s] / 1e3 for s in timed]}
+    return trainer_step_times(args.config, ds, sets, out, args.ranks, args.warmup, args.steps)
 
 
 def _run_ddp(args: argparse.Namespace, sets: list[str], out: Path) -> dict:

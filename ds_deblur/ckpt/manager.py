@@ -35,6 +35,7 @@ from ds_deblur.ckpt.weights import load_state_dict_strict, load_weights, read_we
 from ds_deblur.config import Config, canonical_dict
 from ds_deblur.errors import CheckpointError, CheckpointFormatError, ConfigError, DsDeblurError
 from ds_deblur.zero.ema import ShardedEMA
+from ds_deblur.zero.setup import follow_resumed_precision
 
 Say = Callable[[str], None]
 
@@ -120,7 +121,7 @@ class CheckpointManager:
         if location.kind == "file":
             self._prepare_single_file(load_single_file(location.path), model)
         else:
-            self._prepare_tag(location.path, model, ds_config)
+            self._prepare_tag(location.path, model, ds_config, builtin_engine=args.deepspeed_config is None)
 
     def _locate(self, resume: str) -> Optional[Location]:
         """What ``--resume`` names; ``auto``: the newest complete tag, else a ``last.pth`` alone (what the original
@@ -159,8 +160,12 @@ class CheckpointManager:
         self.say(f"[train] S-VRT's iteration {step}: {', '.join(carried)} carried over; not in its files, so started "
                  f"afresh: LR schedule (stepped to {step}), data order, RNG state{missing}")
 
-    def _prepare_tag(self, tag_dir: Path, model: torch.nn.Module, ds_config: dict) -> None:
+    def _prepare_tag(self, tag_dir: Path, model: torch.nn.Module, ds_config: dict, builtin_engine: bool) -> None:
         tag = open_tag(tag_dir)
+        kept = follow_resumed_precision(ds_config, tag.header["ds_config"]) if builtin_engine else None
+        if kept:
+            self.say(kept)
+            self.precision = tag.precision
         if has_legacy_names(tag):
             self.say(f"[train] {tag_dir} has the parameter names of an earlier ds_deblur: loading it through its "
                      f"single-file form (any world size; per-rank RNG streams are not restored)")

@@ -4,7 +4,8 @@
 The DeepSpeed JSON owns engine settings (ZeRO stage, precision, offload, buckets). Batch size, accumulation,
 clipping and the optimizer come from the YAML: the JSON may omit them or say "auto"; a JSON value that
 contradicts the YAML is an error naming both. Without a JSON (no ``--deepspeed_config``, as the original
-trainer's command lines) a built-in one is used: ZeRO 2 + fp16 dynamic loss scaling on CUDA, fp32 on CPU.
+trainer's command lines) a built-in one is used: ZeRO 2 + fp16 dynamic loss scaling on CUDA; on CPU bf16 (engine or
+autocast) for the presets whose step it makes faster when the CPU has bf16 instructions, else fp32.
 """
 from __future__ import annotations
 
@@ -32,6 +33,16 @@ _ZERO2_GPU = {"stage": 2, "allgather_partitions": True, "allgather_bucket_size":
               "reduce_bucket_size": 200000000, "overlap_comm": True, "contiguous_gradients": True}
 _ZERO2_CPU = {"stage": 2, "allgather_bucket_size": 200000000, "reduce_bucket_size": 200000000,
               "overlap_comm": False, "contiguous_gradients": True}
+# CPU presets and what they train in by default on a CPU with bf16 instructions, each measured faster than fp32 on 2
+# ranks at the same learning (ds-deblur bench precision; docs/performance.md): base and vrt_gopro in DeepSpeed's bf16
+# engine (1.40x, 1.47x); tiny in fp32 with its forward under bf16 autocast (1.12x; the bf16 engine was 0.96x: its
+# casts of every weight cost more than the small products gain). S-VRT's family stays fp32 (not measured).
+CPU_BF16_DEFAULTS = {"base": "bf16", "vrt_gopro": "bf16", "tiny": "autocast"}
+# /proc/cpuinfo flags of native bf16 arithmetic (AVX512-BF16 dot products, AMX tiles); without them bf16 is emulated.
+CPU_BF16_FLAGS = ("avx512_bf16", "amx_bf16")
+# The engine config sections of each CPU precision (cpu_fp32.json, zero2_bf16.json's bf16, cpu_autocast_bf16.json).
+_CPU_SECTIONS = {"fp32": {}, "bf16": {"bf16": {"enabled": True, "check_grad_overflow": True}},
+                 "autocast": {"torch_autocast": {"enabled": True, "dtype": "bfloat16"}}}
 _FP16_DYNAMIC = {"enabled": True, "loss_scale": 0, "initial_scale_power": 16, "loss_scale_window": 1000,
                  "hysteresis": 2, "min_loss_scale": 1}
 
@@ -50,19 +61,72 @@ def read_ds_json(path: Union[str, Path]) -> dict:
     return data
 
 
-def builtin_ds_config(cuda: Optional[bool] = None) -> tuple[dict, str]:
-    """The engine config used without ``--deepspeed_config`` and a line saying which: ZeRO 2 with fp16 dynamic
-    loss scaling on CUDA (the original trained with AMP fp16; = ds_configs/zero2_fp16.json), ZeRO 2 fp32 on CPU
-    (= ds_configs/cpu_fp32.json)."""
-    cuda = torch.cuda.is_available() if cuda is None else cuda
+def cpu_has_bf16(cpuinfo: Union[str, Path] = "/proc/cpuinfo") -> bool:
+    """Whether this CPU does bf16 arithmetic natively (one of CPU_BF16_FLAGS); False where cpuinfo is unreadable."""
+    try:
+        text = Path(cpuinfo).read_text()
+    except OSError:
+        return False
+    flags = next((line.split(":", 1)[1].split() for line in text.splitlines() if line.startswith("flags")), [])
+    return any(flag in flags for flag in CPU_BF16_FLAGS)
+
+
+def _auto_and_quiet() -> dict:
+    """What every built-in config holds: batch, accumulation and clipping from the YAML, DeepSpeed's prints off."""
     common = {key: "auto" for key in ("train_micro_batch_size_per_gpu", "gradient_accumulation_steps",
                                       "train_batch_size", "gradient_clipping")}
-    common.update(steps_per_print=1000000000, wall_clock_breakdown=False)
+    return {**common, "steps_per_print": 1000000000, "wall_clock_breakdown": False}
+
+
+def cpu_engine_config(precision: str) -> dict:
+    """ZeRO 2 on CPU ranks in ``precision``: fp32 (ds_configs/cpu_fp32.json), bf16 (DeepSpeed's bf16 engine) or
+    autocast (fp32 engine, forward under bf16 autocast: ds_configs/cpu_autocast_bf16.json)."""
+    return {**_auto_and_quiet(), **json.loads(json.dumps(_CPU_SECTIONS[precision])),
+            "zero_optimization": dict(_ZERO2_CPU)}
+
+
+def cpu_precision_of(ds: dict) -> Optional[str]:
+    """Which of the CPU precisions (fp32, bf16, autocast) a DeepSpeed config trains in; None for fp16."""
+    precision = precision_of(ds)
+    if precision == "fp32" and ds.get("torch_autocast", {}).get("enabled") is True:
+        return "autocast" if ds["torch_autocast"].get("dtype") in ("bfloat16", "bf16", "torch.bfloat16") else None
+    return None if precision == "fp16" else precision
+
+
+_SAID = {"fp32": "fp32", "bf16": "bf16", "autocast": "fp32 with the forward under bf16 autocast"}
+
+
+def builtin_ds_config(cuda: Optional[bool] = None, cfg: Optional[Config] = None,
+                      cpu_bf16: Optional[bool] = None) -> tuple[dict, str]:
+    """The engine config used without ``--deepspeed_config`` and a line saying which: ZeRO 2 with fp16 dynamic
+    loss scaling on CUDA (the original trained with AMP fp16; = ds_configs/zero2_fp16.json); on CPU, ZeRO 2 in
+    CPU_BF16_DEFAULTS' precision for ``cfg``'s preset when the CPU has bf16 instructions (``cpu_bf16``, default:
+    read from the CPU), else ZeRO 2 fp32 (= ds_configs/cpu_fp32.json)."""
+    cuda = torch.cuda.is_available() if cuda is None else cuda
     if cuda:
-        return ({**common, "fp16": dict(_FP16_DYNAMIC), "zero_optimization": dict(_ZERO2_GPU)},
+        return ({**_auto_and_quiet(), "fp16": dict(_FP16_DYNAMIC), "zero_optimization": dict(_ZERO2_GPU)},
                 "ZeRO 2, fp16 with dynamic loss scaling (CUDA; as ds_configs/zero2_fp16.json)")
-    return ({**common, "zero_optimization": dict(_ZERO2_CPU)},
-            "ZeRO 2, fp32 (no CUDA device; as ds_configs/cpu_fp32.json)")
+    preset = cfg.MODEL.PRESET if cfg is not None and cfg.MODEL.NETG is None else None
+    if preset in CPU_BF16_DEFAULTS and (cpu_has_bf16() if cpu_bf16 is None else cpu_bf16):
+        precision = CPU_BF16_DEFAULTS[preset]
+        return (cpu_engine_config(precision),
+                f"ZeRO 2, {_SAID[precision]} (a CPU with bf16 instructions and the {preset} preset: faster than "
+                f"fp32, docs/performance.md; --deepspeed_config ds_configs/cpu_fp32.json keeps fp32)")
+    return cpu_engine_config("fp32"), "ZeRO 2, fp32 (no CUDA device; as ds_configs/cpu_fp32.json)"
+
+
+def follow_resumed_precision(ds: dict, saved: dict) -> Optional[str]:
+    """The built-in CPU config ``ds`` resuming a run whose DeepSpeed config was ``saved`` takes the run's CPU
+    precision (fp32, bf16 or autocast: a run keeps the precision it started with; a JSON says otherwise). Returns a
+    line saying so, or None when nothing changed."""
+    mine, theirs = cpu_precision_of(ds), cpu_precision_of(saved)
+    if mine == theirs or None in (mine, theirs):
+        return None
+    for section in ("bf16", "torch_autocast"):
+        ds.pop(section, None)
+    ds.update(json.loads(json.dumps(_CPU_SECTIONS[theirs])))
+    return (f"[train] The run being resumed trained in {_SAID[theirs]}: the built-in engine config keeps it "
+            f"(--deepspeed_config chooses)")
 
 
 def engine_config(path: Optional[Union[str, Path]], cfg: Config, world_size: int,
@@ -71,7 +135,7 @@ def engine_config(path: Optional[Union[str, Path]], cfg: Config, world_size: int
     (saying which)."""
     if path is not None:
         return resolve_ds_config(read_ds_json(path), cfg, world_size, source=str(path))
-    ds, which = builtin_ds_config()
+    ds, which = builtin_ds_config(cfg=cfg)
     say(f"[train] No --deepspeed_config: using the built-in engine config: {which}")
     return resolve_ds_config(ds, cfg, world_size, source="the built-in engine config")
 

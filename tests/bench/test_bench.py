@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from ds_deblur.bench import ablation as ablation_bench, memory as memory_bench, training as engine_bench
+from ds_deblur.bench import (ablation as ablation_bench, memory as memory_bench, precision as precision_bench,
+                             training as engine_bench)
 from support.train_utils import REPO
 
 SMALL = ["--set", "DATA.CLIP_LEN=2", "--set", "DATA.K=4"]
@@ -42,6 +43,36 @@ def test_engine_summary_ratios_pair_runs_of_the_same_round():
     assert result["zero2"]["samples_per_s"] == pytest.approx(2 / 2.0)  # batch / median of [2, 2, 4]
     assert result["ddp"]["data_wait_fraction"] == pytest.approx(0.1 / 9.0)
     assert result["ddp"]["round_medians_s"]["spread"] == pytest.approx((4.0 - 1.0) / 2.5)
+
+
+def test_precision_summary_pairs_each_rounds_runs_with_fp32s():
+    def run(round_, precision, times, loss):
+        return {"round": round_, "preset": "base", "precision": precision, "step_time_s": times, "loss": loss}
+    runs = [run(0, "fp32", [3.0, 3.0], [0.5, 0.3]), run(0, "bf16", [2.0, 2.0], [0.6, 0.2]),
+            run(0, "autocast", [6.0], [1.0]), run(1, "fp32", [4.0], [9.0]), run(1, "bf16", [4.0], [9.0]),
+            run(1, "autocast", [2.0], [9.0])]
+    result = precision_bench._summarize(runs, ["base"])["base"]
+    assert result["bf16_speedup"]["min"] == 1.0 and result["bf16_speedup"]["max"] == pytest.approx(1.5)
+    assert result["autocast_speedup"]["min"] == 0.5 and result["autocast_speedup"]["max"] == 2.0
+    assert result["fp32_step_s"]["median"] == 3.0 and result["bf16_step_s"]["n"] == 3
+    assert result["fp32_mean_loss"] == pytest.approx(0.4) and result["autocast_mean_loss"] == 1.0
+    assert "fp32_speedup" not in result
+
+
+@pytest.mark.slow
+@pytest.mark.dist
+def test_precision_bench_times_the_trainer_in_each_cpu_precision(tmp_path):
+    out = tmp_path / "precision.json"
+    proc = bench("precision", "--presets", "tiny", "--rounds", "1", "--steps", "1", "--warmup", "1", *SMALL,
+                 "--out", str(out))
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    result = json.loads(out.read_text())
+    # each run's precision as its engine recorded it, each timed step a real duration, each step's loss read
+    assert sorted(r["engine_precision"] for r in result["runs"]) == ["autocast", "bf16", "fp32"]
+    assert all(r["engine_precision"] == r["precision"] for r in result["runs"])
+    for run in result["runs"]:
+        assert len(run["step_time_s"]) == 1 and run["step_time_s"][0] > 0 and len(run["loss"]) == 2
+    assert "autocast speed-up" in proc.stdout and set(result["summary"]) == {"tiny"}
 
 
 def test_memory_ideal_shards_only_what_the_stage_shards():

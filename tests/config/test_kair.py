@@ -6,10 +6,13 @@ import json
 import warnings
 
 import pytest
+import torch
 import yaml
 
 from ds_deblur.config import ConfigError, load_config, save_config
 from ds_deblur.config.kair import is_credential, strip_comments
+from ds_deblur.models import build_model
+from support.train_utils import REPO
 
 # A small option file in S-VRT's style: // and /* */ comments, a URL inside a string, credentials under logging.
 OPTIONS = """{
@@ -358,3 +361,18 @@ def test_a_yaml_config_is_read_as_before(tmp_path):
     assert cfg.to_dict() == load_config(same).to_dict()
     assert (cfg.MODEL.NETG, cfg.MODEL.INIT_WEIGHTS, cfg.MODEL.INIT_EMA_WEIGHTS) == (None, None, None)
     assert "MODEL.NETG must be a mapping, got 3" in failure(path, ["MODEL.NETG=3"])
+
+
+def test_the_learning_cpu_demo_file_reads_as_its_comments_say():
+    # ds_configs/svrt_middle_gated_cpu.json (launch/demo_svrt.sh): 16 TFP images of 5 spike frames per frame,
+    # normalised, read in the training process; S-VRT's gated operator after stages 1 and 7.
+    cfg = load_config(REPO / "ds_configs/svrt_middle_gated_cpu.json", ["DATA.ROOT=/unused"])
+    assert (cfg.DATA.SPIKE_REPR, cfg.DATA.K, cfg.DATA.TFP_HALF_WIN_LENGTH) == ("tfp", 16, 2)
+    assert (cfg.DATA.NORM.MEAN, cfg.DATA.NORM.STD) == (0.5, 0.2) and cfg.DATALOADER.TOTAL_WORKERS == 0
+    fusion = cfg.MODEL.NETG["fusion"]
+    assert (fusion["placement"], fusion["operator"], fusion["inject_stages"]) == ("middle", "gated", [1, 7])
+    assert cfg.TRAIN.TOTAL_STEPS == 600
+    model = build_model(cfg)
+    with torch.no_grad():
+        out = model(torch.rand(1, 2, 3, 64, 64), torch.rand(1, 2, 16, 64, 64))
+    assert out.shape == (1, 2, 3, 64, 64) and torch.isfinite(out).all()

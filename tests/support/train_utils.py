@@ -32,10 +32,11 @@ def make_dataset(root: Path) -> Path:
     return generate(root, SYNTH)
 
 
-def train_command(data: Path, out: Path, ds_json: str, sets=(), ranks: int = 2, extra=(),
+def train_command(data: Path, out: Path, ds_json: Optional[str], sets=(), ranks: int = 2, extra=(),
                   base_sets=BASE_SETS) -> list[str]:
-    script = [str(REPO / "ds_deblur/train.py"), "--config", str(REPO / "ds_configs/tiny_synth.yaml"),
-              "--deepspeed_config", ds_json if os.path.isabs(ds_json) else str(REPO / ds_json)]
+    script = [str(REPO / "ds_deblur/train.py"), "--config", str(REPO / "ds_configs/tiny_synth.yaml")]
+    if ds_json is not None:
+        script += ["--deepspeed_config", ds_json if os.path.isabs(ds_json) else str(REPO / ds_json)]
     for item in [f"DATA.ROOT={data}", f"LOG.SAVE_DIR={out}", *base_sets, *sets]:
         script += ["--set", item]
     script += list(extra)
@@ -44,10 +45,11 @@ def train_command(data: Path, out: Path, ds_json: str, sets=(), ranks: int = 2, 
     return [str(DEEPSPEED), "--num_gpus", str(ranks), "--master_port", str(free_port()), *script]
 
 
-def run_train(data: Path, out: Path, ds_json: str = "ds_configs/cpu_fp32.json", sets=(), ranks: int = 2,
+def run_train(data: Path, out: Path, ds_json: Optional[str] = "ds_configs/cpu_fp32.json", sets=(), ranks: int = 2,
               extra=(), env: Optional[dict] = None, timeout: int = 600,
               base_sets=BASE_SETS) -> subprocess.CompletedProcess:
-    """The trainer on ``data``; ``base_sets`` () trains ds_configs/tiny_synth.yaml as the demo does."""
+    """The trainer on ``data``; ``base_sets`` () trains ds_configs/tiny_synth.yaml as the demo does; ``ds_json``
+    None: the built-in engine config."""
     full_env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO), **(env or {})}
     return subprocess.run(train_command(data, out, ds_json, sets, ranks, extra, base_sets), cwd=REPO, env=full_env,
                           capture_output=True, text=True, timeout=timeout)

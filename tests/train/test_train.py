@@ -124,6 +124,13 @@ def test_bf16_nonfinite_loss_skips_the_step_on_every_rank_with_accumulation(data
     # 4 batches per rank and epoch, 3 per step: steps straddle epochs (step 2 ends in epoch 1, step 3 in epoch 2)
     assert [r["epoch"] for r in log] == [0, 1, 2, 2]
     assert log[3]["lr"] == log[2]["lr"]
+    # Resumed without --deepspeed_config, the built-in engine config (fp32 or autocast for the tiny preset, by the
+    # CPU) keeps the run's bf16.
+    again = run_train(data, out, None, sets=["TRAIN.GRADIENT_ACCUMULATION_STEPS=3", "TRAIN.TOTAL_STEPS=5"],
+                      extra=["--resume", "auto"])
+    assert again.returncode == 0, output_of(again)
+    assert "trained in bf16: the built-in engine config keeps it" in again.stdout, output_of(again)
+    assert [r["step"] for r in read_train_log(out)][-2:] == [4, 5]
 
 
 @pytest.mark.dist

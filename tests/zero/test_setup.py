@@ -5,8 +5,9 @@ import torch
 
 from ds_deblur.config import ConfigError, load_config
 from ds_deblur.zero.setup import (CPU_FP16_OPT_IN, EngineConfigError, build_optimizer, build_scheduler,
-                                  builtin_ds_config, engine_config, lr_factor, precision_of, read_ds_json,
-                                  resolve_ds_config, total_steps, zero_stage_of)
+                                  builtin_ds_config, cpu_engine_config, cpu_has_bf16, cpu_precision_of, engine_config,
+                                  follow_resumed_precision, lr_factor, precision_of, read_ds_json, resolve_ds_config,
+                                  total_steps, zero_stage_of)
 from support.original_trainer import lrs_of, original_lrs
 
 REPO = Path(__file__).resolve().parents[2]
@@ -17,13 +18,14 @@ CFG = load_config({"DATA": {"ROOT": "/d"}, "TRAIN": {"BATCH_SIZE": 2, "GRADIENT_
 
 
 @pytest.mark.parametrize("name", ["zero1_fp16", "zero2_fp16", "zero3_fp16", "zero2_bf16", "zero2_offload_fp16",
-                                  "cpu_fp32"])
+                                  "cpu_fp32", "cpu_autocast_bf16"])
 def test_shipped_json_resolves_batch_from_yaml(name, monkeypatch):
     monkeypatch.setenv(CPU_FP16_OPT_IN, "1")
     ds = resolve_ds_config(read_ds_json(REPO / "ds_configs" / f"{name}.json"), CFG, world_size=4)
     assert ds["train_micro_batch_size_per_gpu"] == 2 and ds["gradient_accumulation_steps"] == 3
     assert ds["train_batch_size"] == 2 * 3 * 4 and ds["gradient_clipping"] == 0.5
-    assert precision_of(ds) == name.split("_")[-1]
+    # the engine's weights: fp32 under autocast (cpu_precision_of tells it apart)
+    assert precision_of(ds) == ("fp32" if name == "cpu_autocast_bf16" else name.split("_")[-1])
 
 
 def test_contradiction_names_both_sides():
@@ -102,6 +104,7 @@ def test_builtin_engine_config_is_the_shipped_json(cuda, shipped):
 
 def test_engine_config_without_a_json_says_which(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr("ds_deblur.zero.setup.cpu_has_bf16", lambda: False)
     said = []
     ds = engine_config(None, CFG, 2, say=said.append)
     assert said == ["[train] No --deepspeed_config: using the built-in engine config: ZeRO 2, fp32 "
@@ -109,6 +112,50 @@ def test_engine_config_without_a_json_says_which(monkeypatch):
     assert precision_of(ds) == "fp32" and zero_stage_of(ds) == 2 and ds["train_batch_size"] == 2 * 3 * 2
     assert engine_config(REPO / "ds_configs/zero2_bf16.json", CFG, 1, say=said.append)["bf16"]["enabled"]
     assert len(said) == 1  # a given JSON is used silently
+
+
+@pytest.mark.parametrize("preset, cpu_bf16, precision", [("base", True, "bf16"), ("vrt_gopro", True, "bf16"),
+                                                          ("tiny", True, "autocast"), ("base", False, "fp32"),
+                                                          ("tiny", False, "fp32")])
+def test_builtin_cpu_config_follows_what_the_preset_measured_fastest(preset, cpu_bf16, precision):
+    cfg = load_config(CFG.to_dict(), [f"MODEL.PRESET={preset}"])
+    ds, which = builtin_ds_config(cuda=False, cfg=cfg, cpu_bf16=cpu_bf16)
+    assert cpu_precision_of(ds) == precision and which.startswith("ZeRO 2, ")
+    assert ("autocast" in which) == (precision == "autocast") and ("bf16 (" in which) == (precision == "bf16")
+    if cpu_bf16:  # the way back in the same line
+        assert preset in which and "--deepspeed_config ds_configs/cpu_fp32.json keeps fp32" in which
+    svrt = load_config(cfg.to_dict(), ["MODEL.NETG={net_type: vrt}"])
+    assert cpu_precision_of(builtin_ds_config(cuda=False, cfg=svrt, cpu_bf16=cpu_bf16)[0]) == "fp32"
+    assert precision_of(builtin_ds_config(cuda=True, cfg=cfg, cpu_bf16=cpu_bf16)[0]) == "fp16"
+
+
+@pytest.mark.parametrize("precision, shipped", [("fp32", "cpu_fp32.json"), ("autocast", "cpu_autocast_bf16.json")])
+def test_cpu_configs_are_the_shipped_files(precision, shipped):
+    ds = cpu_engine_config(precision)
+    assert ds == read_ds_json(REPO / "ds_configs" / shipped) and cpu_precision_of(ds) == precision
+    bf16 = cpu_engine_config("bf16")  # the CPU file with zero2_bf16.json's bf16 section
+    assert bf16 == {**cpu_engine_config("fp32"), "bf16": read_ds_json(REPO / "ds_configs/zero2_bf16.json")["bf16"]}
+
+
+def test_cpu_bf16_is_read_from_the_cpu_flags(tmp_path):
+    info = tmp_path / "cpuinfo"
+    info.write_text("processor\t: 0\nflags\t\t: fpu sse avx512f avx512bw\n")
+    assert not cpu_has_bf16(info)
+    info.write_text("processor\t: 0\nflags\t\t: fpu sse avx512f avx512_bf16 avx512bw\n")
+    assert cpu_has_bf16(info)
+    assert not cpu_has_bf16(tmp_path / "missing")
+
+
+@pytest.mark.parametrize("built, saved", [("bf16", "fp32"), ("fp32", "bf16"), ("autocast", "bf16"),
+                                          ("fp32", "autocast"), ("bf16", "bf16")])
+def test_builtin_config_resuming_keeps_the_runs_precision(built, saved):
+    ds = cpu_engine_config(built)
+    line = follow_resumed_precision(ds, cpu_engine_config(saved))
+    assert ds == cpu_engine_config(saved)
+    assert (line is None) == (built == saved)
+    assert line is None or "the built-in engine config keeps it" in line
+    fp16 = read_ds_json(REPO / "ds_configs/zero2_fp16.json")  # a GPU run's: not a CPU precision, nothing changes
+    assert follow_resumed_precision(ds, fp16) is None and ds == cpu_engine_config(saved)
 
 
 def test_optimizer_is_torch_adamw_fused_on_cuda(monkeypatch):
