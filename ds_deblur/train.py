@@ -147,7 +147,8 @@ class Trainer:
         self.multiple = model.size_multiple
         self.ckpt = CheckpointManager(CheckpointOptions.from_config(cfg), cfg, self.train_loader, self.world,
                                       precision_of(self.ds), say)
-        self.ckpt.prepare(args, model, self.ds)  # weights and engine settings that must precede initialize
+        # weights and engine settings that must precede initialize
+        self.ckpt.prepare(args, model, self.ds, builtin_engine=args.deepspeed_config is None)
         self.precision = self.ckpt.precision  # the built-in engine config keeps a resumed run's
         frozen = freeze(model, cfg)  # before initialize: DeepSpeed then keeps them out of the optimizer
         self.loss_fn = DeblurLoss.from_config(cfg, say).to(distributed.device())

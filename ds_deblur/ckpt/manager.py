@@ -91,10 +91,12 @@ class CheckpointManager:
 
     # --- restoring ------------------------------------------------------------------------------------------
 
-    def prepare(self, args: Namespace, model: torch.nn.Module, ds_config: dict) -> None:
+    def prepare(self, args: Namespace, model: torch.nn.Module, ds_config: dict,
+                builtin_engine: bool = False) -> None:
         """Before ``deepspeed.initialize``: load ``--init-weights``, or find what ``--resume`` (else the config's
         TRAIN.RESUME_FROM_CHECKPOINT / CHECKPOINT_PATH) names (auto: the newest complete tag, or a fresh start),
-        check that it fits this run and put into ``model`` and ``ds_config`` what the engine must be built with."""
+        check that it fits this run and put into ``model`` and ``ds_config`` what the engine must be built with
+        (``builtin_engine``: ``ds_config`` is the built-in one, which takes a resumed run's CPU precision)."""
         resume, why = resume_request(self.cfg, args.resume, args.init_weights)
         if why:
             self.say(why)
@@ -121,7 +123,7 @@ class CheckpointManager:
         if location.kind == "file":
             self._prepare_single_file(load_single_file(location.path), model)
         else:
-            self._prepare_tag(location.path, model, ds_config, builtin_engine=args.deepspeed_config is None)
+            self._prepare_tag(location.path, model, ds_config, builtin_engine)
 
     def _locate(self, resume: str) -> Optional[Location]:
         """What ``--resume`` names; ``auto``: the newest complete tag, else a ``last.pth`` alone (what the original
